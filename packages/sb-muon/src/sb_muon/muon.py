@@ -1,0 +1,267 @@
+"""The Muon optimizer: momentum, then an orthogonalized (polar-factor) step per weight matrix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .distributed import assign_owners, share_results, world_and_rank
+from .orthogonalize import Method, orthogonalize, resolve_method
+from .params import describe, looks_like_embedding_or_head, normalize_params
+from .scaling import LrScale, lr_scale_factor, validate_lr_scale
+
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+STATE_VERSION = 1
+
+
+def _matrix_dims(p: torch.Tensor, stacked: bool) -> tuple[int, int]:
+    """(rows, cols) of the matrix (or of each stacked slice) that Muon orthogonalizes."""
+    if stacked:
+        return p.shape[-2], p.shape[-1]
+    return p.shape[0], math.prod(p.shape[1:])
+
+
+def _as_matrices(t: torch.Tensor, stacked: bool) -> torch.Tensor:
+    """View a parameter-shaped tensor as a matrix (conv: out x in*kh*kw) or a stack of matrices."""
+    if stacked or t.ndim == 2:
+        return t
+    return t.reshape(t.shape[0], -1)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon: MomentUm Orthogonalized by Newton–Schulz.
+
+    For each weight matrix W with gradient G (per step):
+
+        B <- μ B + (1 - μ) G                      momentum (EMA form, kept in fp32)
+        D  = (1 - μ) G + μ B   if nesterov else B
+        O  = orthogonalize(D)                     ≈ polar factor U Vᵀ of D
+        W <- W (1 - lr · wd · wd_mul) - lr · s(rows, cols) · O
+
+    Args:
+        params: tensors, (name, tensor) pairs (pass `model.named_parameters()` for error messages
+            that name parameters) or param-group dicts. Every parameter must have >= 2 dims.
+        lr: learning rate (before the shape factor s).
+        momentum: μ in [0, 1).
+        nesterov: use the Nesterov look-ahead direction.
+        weight_decay: decoupled weight decay, multiplied by lr and by the parameter's optional
+            ``wd_mul`` attribute.
+        ns_steps: Newton–Schulz iterations.
+        method: orthogonalization method (see :func:`sb_muon.orthogonalize`).
+        lr_scale: shape factor s: "original" (sqrt(max(1, rows/cols))), "match_rms_adamw"
+            (0.2·sqrt(max(rows, cols))), "spectral", "none", a float, or callable(rows, cols).
+        stacked: treat the leading dims of >2-D parameters as a stack of independent matrices (MoE
+            experts, fused QKV) instead of flattening them like conv kernels.
+        compute_dtype: dtype of the Newton–Schulz products (default: bf16 on CUDA, fp32 elsewhere).
+        eps: added to the Frobenius norm in the normalization.
+        master_weights: for bf16/fp16 parameters, keep an fp32 copy in the state and update that,
+            so that steps smaller than the parameter's precision are not lost.
+        use_triton: use the Triton Gram-matrix kernel for the symmetric products (CUDA).
+        nonfinite: what to do when a gradient holds NaN/inf: "raise" (default; FloatingPointError
+            naming the parameters), "skip" (leave params and state unchanged and count the step in
+            ``skipped_steps``), or "ignore" (no check; no host sync). The check costs one host sync
+            per step.
+        distributed: when torch.distributed is initialised (and this is True), each rank
+            orthogonalizes only its share of the parameters and the results are broadcast.
+            Gradients must already be identical on all ranks (all-reduced).
+        process_group: the group to split the work over (default: the world).
+        check_names: refuse parameters whose names look like embeddings or heads.
+
+    The per-group options are lr, momentum, nesterov, weight_decay, ns_steps, method, lr_scale,
+    stacked, compute_dtype, eps, master_weights and use_triton.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        *,
+        method: Method = "tuned5",
+        lr_scale: LrScale = "original",
+        stacked: bool = False,
+        compute_dtype: torch.dtype | None = None,
+        eps: float = 1e-7,
+        master_weights: bool = False,
+        use_triton: bool = False,
+        nonfinite: str = "raise",
+        distributed: bool = True,
+        process_group: dist.ProcessGroup | None = None,
+        check_names: bool = True,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        ns_steps=ns_steps, method=method, lr_scale=lr_scale, stacked=stacked,
+                        compute_dtype=compute_dtype, eps=eps, master_weights=master_weights,
+                        use_triton=use_triton)
+        self.nonfinite = nonfinite
+        self.distributed = distributed
+        self.process_group = process_group
+        self.check_names = check_names
+        self.skipped_steps = 0
+        super().__init__(normalize_params(params), defaults)
+
+    # ----------------------------------------------------------------- validation
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        group = normalize_params([param_group])[0]
+        super().add_param_group(group)
+        group = self.param_groups[-1]
+        if group.get("use_muon", True):
+            self._validate_muon_group(group)
+        else:
+            self._validate_other_group(group)
+
+    def _validate_other_group(self, group: dict[str, Any]) -> None:
+        raise ValueError("Muon only takes Muon groups; for a group with use_muon=False "
+                         "(embeddings, heads, biases, norms) use sb_muon.MuonAdamW")
+
+    def _validate_muon_group(self, group: dict[str, Any]) -> None:
+        lr, mom, wd, steps = group["lr"], group["momentum"], group["weight_decay"], group["ns_steps"]
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"Muon lr must be a finite number >= 0, got {lr}")
+        if not (isinstance(mom, (int, float)) and 0.0 <= mom < 1.0):
+            raise ValueError(f"Muon momentum must be in [0, 1), got {mom}")
+        if not (isinstance(wd, (int, float)) and math.isfinite(wd) and wd >= 0):
+            raise ValueError(f"Muon weight_decay must be a finite number >= 0, got {wd}")
+        if not (isinstance(steps, int) and 0 <= steps < 100):
+            raise ValueError(f"Muon ns_steps must be an integer in [0, 100), got {steps}")
+        group["method"] = resolve_method(group["method"])
+        validate_lr_scale(group["lr_scale"])
+        names = group.get("param_names") or [None] * len(group["params"])
+        too_flat = [describe(n, i, p) for i, (n, p) in enumerate(zip(names, group["params"], strict=True))
+                    if p.ndim < 2]
+        if too_flat:
+            raise ValueError(
+                "Muon only updates matrices (>= 2 dims), but got: " + ", ".join(too_flat)
+                + ". Give biases, norms and scalars to AdamW: use sb_muon.MuonAdamW with a "
+                "use_muon=False group, or sb_muon.split_muon_params(model).")
+        if self.check_names:
+            flagged = [describe(n, i, p) for i, (n, p) in enumerate(zip(names, group["params"], strict=True))
+                       if n is not None and looks_like_embedding_or_head(n)]
+            if flagged:
+                raise ValueError(
+                    "these parameters look like embeddings or output heads, which Muon should not "
+                    "update: " + ", ".join(flagged) + ". Put them in a use_muon=False group of "
+                    "sb_muon.MuonAdamW (sb_muon.split_muon_params does this), or pass check_names=False.")
+        if any(p.is_complex() or p.is_sparse for p in group["params"]):
+            raise ValueError("Muon does not support complex or sparse parameters")
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["sb_muon"] = {"version": STATE_VERSION, "skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts floating-point state to the parameter's dtype on load; our state is fp32 on
+        # purpose (momentum and master weights of bf16 params), so restore the saved dtypes after.
+        saved_state = state_dict["state"]
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            for key, value in saved_state.get(saved_id, {}).items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and key != "step":
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+        extra = state_dict.get("sb_muon", {})
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+
+    # ----------------------------------------------------------------- step
+    def _grads_are_finite(self) -> bool:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        flags = torch.stack([g.isfinite().all().to(grads[0].device) for g in grads])
+        if bool(flags.all()):  # the one host sync of the check
+            return True
+        if self.nonfinite == "raise":
+            bad = []
+            for group in self.param_groups:
+                names = group.get("param_names") or [None] * len(group["params"])
+                for i, (n, p) in enumerate(zip(names, group["params"], strict=True)):
+                    if p.grad is not None and not bool(p.grad.isfinite().all()):
+                        bad.append(describe(n, i, p))
+            raise FloatingPointError(
+                "non-finite gradient (NaN or inf) in " + ", ".join(bad) + "; no parameter was changed. "
+                "Lower the learning rate or clip gradients, or pass nonfinite='skip' to skip such steps.")
+        return False
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.nonfinite != "ignore" and not self._grads_are_finite():
+            self.skipped_steps += 1
+            return loss
+        self._muon_step([g for g in self.param_groups if g.get("use_muon", True)])
+        self._other_step([g for g in self.param_groups if not g.get("use_muon", True)])
+        return loss
+
+    def _other_step(self, groups: list[dict[str, Any]]) -> None:
+        """Hook for optimizers that also own non-Muon groups (see MuonAdamW)."""
+
+    def _momentum_direction(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+        """Update the momentum buffer of p and return the direction to orthogonalize."""
+        state = self.state[p]
+        grad = p.grad
+        if "momentum_buffer" not in state:
+            buf_dtype = torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=buf_dtype, memory_format=torch.preserve_format)
+            if group["master_weights"] and p.dtype in _LOW_PRECISION:
+                state["master_weight"] = p.detach().float()
+        buf = state["momentum_buffer"]
+        g = grad.to(buf.dtype)
+        mu = group["momentum"]
+        buf.lerp_(g, 1.0 - mu)
+        return g.lerp(buf, mu) if group["nesterov"] else buf
+
+    def _orthogonalize(self, group: dict[str, Any], direction: torch.Tensor) -> torch.Tensor:
+        matrices = _as_matrices(direction, group["stacked"])
+        out = orthogonalize(matrices, group["ns_steps"], group["method"], dtype=group["compute_dtype"],
+                            eps=group["eps"], use_triton=group["use_triton"])
+        return out.view_as(direction)
+
+    def _muon_step(self, groups: list[dict[str, Any]]) -> None:
+        work = [(group, p) for group in groups for p in group["params"] if p.grad is not None]
+        if not work:
+            return
+        directions = [self._momentum_direction(group, p) for group, p in work]
+        world, rank = world_and_rank(self.process_group) if self.distributed else (1, 0)
+        if world == 1:
+            updates = [self._orthogonalize(group, d) for (group, _), d in zip(work, directions, strict=True)]
+        else:
+            costs = []
+            for (group, p), d in zip(work, directions, strict=True):
+                rows, cols = _matrix_dims(p, group["stacked"])
+                m, n = min(rows, cols), max(rows, cols)
+                costs.append(d.numel() / (rows * cols) * (4 * m * m * n + 2 * m ** 3) * group["ns_steps"] + 1)
+            owners = assign_owners(costs, world)
+            mine = {i: self._orthogonalize(work[i][0], directions[i])
+                    for i in range(len(work)) if owners[i] == rank}
+            updates = share_results(mine, directions, owners, self.process_group)
+        for (group, p), update in zip(work, updates, strict=True):
+            self._apply(group, p, update)
+
+    def _apply(self, group: dict[str, Any], p: torch.Tensor, update: torch.Tensor) -> None:
+        rows, cols = _matrix_dims(p, group["stacked"])
+        step_size = group["lr"] * lr_scale_factor(group["lr_scale"], rows, cols)
+        decay = group["lr"] * group["weight_decay"] * getattr(p, "wd_mul", 1.0)
+        master = self.state[p].get("master_weight")
+        target = master if master is not None else p
+        if decay != 0.0:
+            target.mul_(1.0 - decay)
+        target.add_(update.to(target.dtype), alpha=-step_size)
+        if master is not None:
+            p.copy_(master)

@@ -1,0 +1,186 @@
+"""Approximate polar factor (orthogonalization) of a batch of matrices by Newton–Schulz.
+
+For G = U Σ Vᵀ the polar factor is U Vᵀ: G with every non-zero singular value set to 1. Muon
+replaces its momentum matrix by this factor. Newton–Schulz approximates it with matrix
+products only:
+
+1. work in the wide orientation (rows <= cols), so X Xᵀ is the small Gram matrix;
+2. scale X so that its largest singular value is at most 1 (divide by the Frobenius norm,
+   an upper bound of σ_max);
+3. apply the odd quintic X <- a X + (b A + c A²) X with A = X Xᵀ, one (a, b, c) triple per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .coefficients import (
+    POLAR_EXPRESS,
+    POLAR_EXPRESS_SAFETY,
+    QUINTIC,
+    TUNED5,
+    Triple,
+    schedule_for,
+    turbo_triple,
+)
+
+#: Named methods accepted by :func:`orthogonalize`.
+METHODS = ("tuned5", "polar_express", "quintic", "turbo", "svd")
+#: The default method: the most accurate of the equal-cost (5-step) schedules, measured by the
+#: relative Frobenius error against the exact polar factor (see the package README).
+DEFAULT_METHOD = "tuned5"
+
+_NAMED_SCHEDULES: dict[str, Triple | tuple[Triple, ...]] = {
+    "quintic": QUINTIC,
+    "tuned5": TUNED5,
+    "polar_express": POLAR_EXPRESS,
+}
+# Accepted spellings of other libraries for the same schedules.
+_ALIASES = {"keller": "quintic", "polar-express": "polar_express", "you": "tuned5", "exact": "svd"}
+
+Method = str | Sequence[Triple]
+
+
+def default_compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where matrix products are fast in bf16 (CUDA), fp32 elsewhere.
+
+    On CPUs without native bf16 GEMMs a bf16 product is tens of times slower than fp32, and the
+    5-step error is set by the schedule, not by the dtype, so fp32 costs no accuracy.
+    """
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_method(method: Method) -> Method:
+    """Canonical method name (aliases resolved) or the coefficient list itself; validates."""
+    if isinstance(method, str):
+        name = _ALIASES.get(method, method)
+        if name not in METHODS:
+            raise ValueError(f"unknown orthogonalization method {method!r}; choose one of {METHODS} "
+                             "or pass a sequence of (a, b, c) triples")
+        return name
+    schedule_for(1, method)  # validates the shape of a custom schedule
+    return method
+
+
+def _as_batch(X: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """View (..., m, n) as (B, m, n) so that batched products work for any number of leading dims."""
+    lead = X.shape[:-2]
+    return X.reshape(-1, X.size(-2), X.size(-1)), lead
+
+
+def _normalize(X: torch.Tensor, safety: float, eps: float) -> torch.Tensor:
+    """Scale each matrix so its Frobenius norm is 1/safety (hence σ_max <= 1).
+
+    The matrix is first divided by its largest |entry| so that the sum of squares can neither
+    overflow (entries near 1e30) nor underflow (entries near 1e-30); an all-zero matrix stays zero.
+    """
+    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
+    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    return X / (norm * safety + eps)
+
+
+def _column_rms_precondition(X: torch.Tensor) -> torch.Tensor:
+    """TurboMuon's preconditioner: divide each column by its RMS over the rows (floor 1e-6)."""
+    rms = X.pow(2).mean(dim=-2, keepdim=True).sqrt()
+    return X / rms.clamp_min(1e-6)
+
+
+def _sigma_max_normalize(U: torch.Tensor) -> torch.Tensor:
+    """Divide each matrix by an estimate of its largest singular value (one power iteration).
+
+    The start vector is the constant vector, not a random one, so the result depends on nothing
+    but the input (identical on every rank and every run).
+    """
+    n = U.size(-1)
+    v = torch.full((*U.shape[:-2], n, 1), n ** -0.5, dtype=U.dtype, device=U.device)
+    u = U @ v
+    u = u / (torch.linalg.vector_norm(u, dim=(-2, -1), keepdim=True) + 1e-8)
+    v = U.mT @ u
+    v = v / (torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True) + 1e-8)
+    sigma = torch.linalg.vector_norm(U @ v, dim=(-2, -1), keepdim=True) + 1e-8
+    return U / (sigma + 1e-8)
+
+
+def newton_schulz_step(X: torch.Tensor, a: float, b: float, c: float, use_triton: bool = False) -> torch.Tensor:
+    """One quintic step X <- a X + (b A + c A²) X, A = X Xᵀ, for X of shape (B, m, n), m <= n."""
+    if use_triton:
+        from .triton_gram import gram
+
+        A = gram(X)  # X Xᵀ, computing only one triangle of tiles
+        B = gram(A, alpha=c, beta=b, C=A)  # c A Aᵀ + b A, and A Aᵀ = A² because A is symmetric
+    else:
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+    return torch.baddbmm(X, B, X, beta=a, alpha=1.0)
+
+
+def polar_factor(G: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Exact polar factor U Vᵀ from an SVD (computed in `dtype`, returned in G's dtype).
+
+    The reference that the Newton–Schulz methods are measured against; slow, but exact.
+    """
+    U, _, Vh = torch.linalg.svd(G.to(dtype), full_matrices=False)
+    return (U @ Vh).to(G.dtype)
+
+
+def orthogonalize(
+    G: torch.Tensor,
+    steps: int = 5,
+    method: Method = DEFAULT_METHOD,
+    *,
+    dtype: torch.dtype | None = None,
+    eps: float = 1e-7,
+    use_triton: bool = False,
+) -> torch.Tensor:
+    """Approximate the polar factor of `G` (shape (..., rows, cols)), batched over leading dims.
+
+    Args:
+        G: a matrix or a batch of matrices; tall and wide matrices are both fine.
+        steps: Newton–Schulz iterations (5 is the usual budget; "turbo" conventionally uses 4).
+        method: "tuned5" (default), "polar_express", "quintic" (torch.optim.Muon's fixed triple),
+            "turbo" (the reference SwitchBank TurboMuon: column-RMS preconditioning, a fixed triple
+            chosen by shape, then division by an estimate of σ_max), "svd" (exact, slow), or a custom
+            sequence of (a, b, c) triples, one per iteration (the last repeats if `steps` is larger).
+        dtype: compute dtype; default bf16 on CUDA and fp32 elsewhere.
+        eps: added to the Frobenius norm before dividing by it.
+        use_triton: compute the two symmetric products with the Triton Gram kernel (CUDA, or the
+            Triton interpreter); the plain PyTorch path is the reference it is tested against.
+
+    Returns:
+        A tensor of G's shape and dtype whose singular values lie near 1 (see the README for each
+        method's measured band).
+    """
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    method = resolve_method(method)
+    if method == "svd":
+        return polar_factor(G)
+    if G.numel() == 0:
+        return torch.zeros_like(G)
+    compute_dtype = dtype or default_compute_dtype(G.device)
+    X, lead = _as_batch(G)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X.to(compute_dtype)
+    safety = 1.0
+    if method == "turbo":
+        X = _column_rms_precondition(X)
+        schedule = schedule_for(steps, turbo_triple(X.size(-2), X.size(-1)))
+    elif isinstance(method, str):
+        schedule = schedule_for(steps, _NAMED_SCHEDULES[method])
+        if method == "polar_express":
+            safety = POLAR_EXPRESS_SAFETY
+    else:
+        schedule = schedule_for(steps, method)
+    X = _normalize(X, safety, eps)
+    for a, b, c in schedule:
+        X = newton_schulz_step(X, a, b, c, use_triton=use_triton)
+    if transposed:
+        X = X.mT
+    if method == "turbo":
+        X = _sigma_max_normalize(X)
+    return X.reshape(*lead, X.size(-2), X.size(-1)).to(G.dtype)
