@@ -218,7 +218,7 @@ class Muon(torch.optim.Optimizer):
         grad = p.grad
         if "momentum_buffer" not in state:
             buf_dtype = torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=buf_dtype, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=buf_dtype)
             if group["master_weights"] and p.dtype in _LOW_PRECISION:
                 state["master_weight"] = p.detach().float()
         buf = state["momentum_buffer"]

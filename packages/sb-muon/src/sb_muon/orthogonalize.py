@@ -104,7 +104,9 @@ def _sigma_max_normalize(U: torch.Tensor) -> torch.Tensor:
     return U / (sigma + 1e-8)
 
 
-def newton_schulz_step(X: torch.Tensor, a: float, b: float, c: float, use_triton: bool = False) -> torch.Tensor:
+def newton_schulz_step(
+    X: torch.Tensor, a: float, b: float, c: float, use_triton: bool = False
+) -> torch.Tensor:
     """One quintic step X <- a X + (b A + c A²) X, A = X Xᵀ, for X of shape (B, m, n), m <= n."""
     if use_triton:
         from .triton_gram import gram
