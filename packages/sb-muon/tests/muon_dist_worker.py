@@ -4,6 +4,7 @@ import os
 
 import torch
 import torch.distributed as dist
+
 from sb_muon import MuonAdamW
 
 SHAPES = [(32, 24), (24, 32), (16, 16, 3), (40, 8), (32, 24), (8, 8)]

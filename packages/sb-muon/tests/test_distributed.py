@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from muon_dist_worker import SHAPES, _run, _worker
+
 from sb_muon import Muon
 from sb_muon.distributed import assign_owners
 

@@ -2,8 +2,9 @@ import copy
 
 import pytest
 import torch
-from sb_muon import MomentumWarmup, Muon, MuonAdamW, momentum_warmup, orthogonalize, split_muon_params
 from torch import nn
+
+from sb_muon import MomentumWarmup, Muon, MuonAdamW, momentum_warmup, orthogonalize, split_muon_params
 
 
 def _fill_grads(params, seed):

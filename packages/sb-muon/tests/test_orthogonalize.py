@@ -1,6 +1,7 @@
 import pytest
 import torch
 from muon_helpers import band, ill_conditioned, low_rank
+
 from sb_muon import DEFAULT_METHOD, orthogonalize, polar_factor
 from sb_muon.coefficients import TUNED5, schedule_for
 
