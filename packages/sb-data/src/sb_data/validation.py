@@ -1,0 +1,88 @@
+"""The validation stream: the first ``num_tokens`` tokens of the validation shards, split across ranks.
+
+The batches are read once, kept in host memory (only this rank's share), and replayed on every pass,
+so each validation sees exactly the same tokens on every run and never touches the disk again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from sb_data.loader import DistributedTokenLoader, Mode, default_rank_world
+from sb_data.shards import Cursor, ShardFiles
+
+
+class ValidationLoader:
+    """Iterable over ``len(self)`` fixed ``(inputs, targets)`` batches; every iteration yields the same ones.
+
+    ``num_tokens`` must be a multiple of ``world_size * tokens_per_rank`` and must fit in the shards
+    (validation never wraps around). Other arguments are as for :class:`DistributedTokenLoader`.
+    """
+
+    def __init__(
+        self,
+        files: ShardFiles,
+        num_tokens: int,
+        tokens_per_rank: int,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        mode: Mode = "contiguous",
+        max_seq_len: int | None = None,
+        device: str | torch.device = "cpu",
+        vocab_size: int | None = None,
+        eot_id: int | None = None,
+    ) -> None:
+        rank, world_size = default_rank_world(rank, world_size)
+        global_batch = world_size * tokens_per_rank
+        if num_tokens < global_batch or num_tokens % global_batch:
+            raise ValueError(
+                f"num_tokens={num_tokens:,} must be a positive multiple of world_size × tokens_per_rank "
+                f"= {world_size} × {tokens_per_rank:,} = {global_batch:,}"
+            )
+        self.num_tokens = num_tokens
+        self.steps = num_tokens // global_batch
+        self._loader = DistributedTokenLoader(
+            files,
+            tokens_per_rank,
+            rank=rank,
+            world_size=world_size,
+            mode=mode,
+            max_seq_len=max_seq_len,
+            device=device,
+            vocab_size=vocab_size,
+            eot_id=eot_id,
+            prefetch=False,
+        )
+        available = self._loader.shards.total_tokens
+        if mode == "contiguous" and num_tokens + 1 > available:
+            raise ValueError(
+                f"validation asks for {num_tokens:,} tokens (+1 for the last target) but the validation "
+                f"shards hold {available:,}; lower num_tokens"
+            )
+        self._batches: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _read_all(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        batches = []
+        for _ in range(self.steps):
+            inputs, targets = self._loader.next_host_batch()
+            batches.append((inputs.copy(), targets.copy()))
+        if tuple(self._loader.state_dict()[k] for k in ("epoch", "shard", "position")) > Cursor(1, 0, 0):
+            raise ValueError(
+                f"validation asks for {self.num_tokens:,} tokens but the validation shards run out before "
+                f"that in {self._loader.mode} mode; lower num_tokens or add validation data"
+            )
+        self._loader.close()
+        return batches
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._batches is None:
+            self._batches = self._read_all()
+        for inputs, targets in self._batches:
+            yield self._loader.to_device(inputs, targets)
