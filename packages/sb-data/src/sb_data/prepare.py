@@ -208,8 +208,9 @@ def prepare(
 ) -> PrepareSummary:
     """Tokenize ``inputs`` into ``{prefix}_{train,val}_NNNNNN.bin`` shards in ``out_dir``.
 
-    ``val_docs`` sends the first N documents to validation (like the speedrun's first shard);
-    otherwise a ``val_fraction`` of documents, chosen by a seeded hash of their index, goes there.
+    ``val_docs`` (when given, it wins over ``val_fraction``) sends the first N documents to validation,
+    like the speedrun's first shard; otherwise a ``val_fraction`` of documents, chosen by a seeded hash
+    of their index, goes there.
     ``workers`` threads encode in parallel (default: every core). ``progress=None`` shows the bar on
     a terminal only.
     """
@@ -294,7 +295,8 @@ def prepare(
         summary.documents[split] = writer.documents
         summary.tokens[split] = writer.tokens
         summary.shards[split] = [str(p) for p in writer.paths]
-    if summary.documents["val"] == 0 and (val_fraction > 0 or val_docs):
+    wants_val = rule.docs > 0 if rule.docs is not None else rule.fraction > 0
+    if summary.documents["val"] == 0 and wants_val:
         summary.warnings.append("no document went to validation; raise --val-fraction or use --val-docs")
     if summary.documents["train"] == 0:
         summary.warnings.append("no document went to training; lower --val-fraction/--val-docs or add input")
