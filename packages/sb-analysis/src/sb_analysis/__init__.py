@@ -1,0 +1,1 @@
+"""SwitchBank run analysis."""

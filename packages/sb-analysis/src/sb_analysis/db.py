@@ -1,0 +1,170 @@
+"""The DuckDB file: base tables, connections for readers and the atomic-replace writer.
+
+Writers never hold a lock on the database file that readers open: `writable_copy` copies the file, the
+ingest writes into the copy, and the copy is renamed over the original when the ingest succeeded. A
+reader that opens the file read-only therefore never meets a writer's lock (and an ingest that fails
+leaves the original untouched). A cross-process lock file serializes concurrent writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from .logformat import ROUTER_COLUMNS, SCALARS_COLUMNS
+
+DEFAULT_DB = "runs.duckdb"
+SCHEMA_VERSION = 1
+
+BASE_TABLES = f"""
+CREATE TABLE IF NOT EXISTS sb_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    source VARCHAR,            -- 'csv', 'wandb-offline' or 'wandb-api'
+    path VARCHAR,              -- run directory, .wandb file, or entity/project/run_id
+    preset VARCHAR,
+    config_hash VARCHAR,
+    config JSON,
+    created_at TIMESTAMP,
+    git_sha VARCHAR,
+    host VARCHAR,
+    world_size INTEGER,
+    device VARCHAR,
+    num_layers INTEGER,
+    num_experts INTEGER,
+    top_k INTEGER,
+    tokens_per_step BIGINT,
+    total_steps BIGINT,
+    state VARCHAR,             -- running / finished / aborted / failed
+    status JSON,
+    wandb_run_id VARCHAR,
+    wandb_project VARCHAR,
+    format_version INTEGER,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS run_config (
+    run_id VARCHAR, key VARCHAR, value JSON, value_num DOUBLE, value_type VARCHAR
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id VARCHAR, {", ".join(f"{name} {typ}" for name, typ in SCALARS_COLUMNS.items())}
+);
+CREATE TABLE IF NOT EXISTS router_layers (
+    run_id VARCHAR, {", ".join(f"{name} {typ}" for name, typ in ROUTER_COLUMNS.items())},
+    load DOUBLE[], demand DOUBLE[], importance DOUBLE[]
+);
+CREATE TABLE IF NOT EXISTS domain_load (
+    run_id VARCHAR, step BIGINT, layer INTEGER, domain VARCHAR, expert INTEGER, tokens BIGINT
+);
+CREATE TABLE IF NOT EXISTS ingest_files (
+    run_id VARCHAR, path VARCHAR, kind VARCHAR, header VARCHAR, bytes_done BIGINT, lines_done BIGINT,
+    rows_loaded BIGINT, file_size BIGINT, updated_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS ingest_errors (
+    run_id VARCHAR, path VARCHAR, line BIGINT, column_name VARCHAR, error_type VARCHAR, message VARCHAR,
+    raw_line VARCHAR, ingested_at TIMESTAMP
+);
+"""
+
+
+class DatabaseBusyError(RuntimeError):
+    """The database file stayed locked by another process for longer than the timeout."""
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(BASE_TABLES)
+    con.execute(
+        "INSERT OR REPLACE INTO sb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+    )
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err).lower()
+    return "lock" in text and ("conflicting" in text or "could not set lock" in text)
+
+
+def connect_read_only(db: str | os.PathLike[str], timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """Open the database for reading; retries while another process holds the file (an in-place writer)."""
+    path = Path(db)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"database {path} does not exist; create it with `sb-analysis ingest RUN_DIR --db {path}`"
+        )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as err:
+            if not _is_lock_error(err) or time.monotonic() > deadline:
+                if _is_lock_error(err):
+                    raise DatabaseBusyError(
+                        f"{path} is locked by another process (an ingest with --in-place?); try again "
+                        "when it finishes"
+                    ) from err
+                raise
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def writer_lock(db: Path, timeout_s: float = 600.0) -> Iterator[None]:
+    """Cross-process exclusive lock next to the database (one ingest at a time)."""
+    lock_path = db.with_name(db.name + ".ingest.lock")
+    with open(lock_path, "w") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatabaseBusyError(f"another ingest holds {lock_path}") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def writable_copy(db: str | os.PathLike[str], in_place: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection whose changes replace `db` atomically when the block exits cleanly.
+
+    With in_place=True the file itself is opened read-write (faster for big files, but readers wait).
+    """
+    path = Path(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        if in_place:
+            con = duckdb.connect(str(path))
+            try:
+                create_schema(con)
+                yield con
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            return
+        tmp = path.with_name(f".{path.name}.ingest-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        if path.is_file():
+            shutil.copyfile(path, tmp)
+            wal = Path(str(path) + ".wal")
+            if wal.is_file():
+                shutil.copyfile(wal, str(tmp) + ".wal")
+        con = duckdb.connect(str(tmp))
+        try:
+            create_schema(con)
+            yield con
+            con.execute("CHECKPOINT")
+            con.close()
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(Exception):
+                con.close()
+            tmp.unlink(missing_ok=True)
+            Path(str(tmp) + ".wal").unlink(missing_ok=True)

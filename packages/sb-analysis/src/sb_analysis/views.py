@@ -1,0 +1,271 @@
+"""Derived views: router metrics per layer/step, router health per window, run summaries, domains.
+
+Thresholds are those of the router-metrics guide (docs/log-format.md §7); the composite score is the
+reference's `router/health_score` = 1 / (1 + penalty).
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+
+COLLAPSE_MAX_FRAC = 0.90
+COLLAPSE_ACTIVE_MAX = 1
+WINDOWS_PER_RUN = 10
+
+MACROS = """
+CREATE OR REPLACE MACRO sb_nz(x) AS CASE WHEN x IS NULL OR isnan(x) THEN 0.0 ELSE x END;
+CREATE OR REPLACE MACRO sb_entropy_gap(a, h) AS
+    CASE WHEN a > 1 THEN greatest(0.0, abs(ln(a) - h) / ln(a)) END;
+CREATE OR REPLACE MACRO sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, a, e) AS
+    0.8 * sb_nz(imp_cv2 / a) + 0.9 * sb_nz(load_cv2 / a)
+    + 0.5 * sb_nz(sb_entropy_gap(a, load_entropy)) + 0.2 * sb_nz(sb_entropy_gap(a, imp_entropy))
+    + 1.25 * sb_nz(abs(usage_frac - least(1.0, a / e)));
+"""
+
+ROUTER_LAYER_METRICS = f"""
+CREATE OR REPLACE VIEW router_layer_metrics AS
+WITH base AS (
+    SELECT r.*,
+        coalesce(ru.num_experts, len(r.load), len(r.importance)) AS n_experts,
+        list_max(r.load) AS max_frac,
+        list_position(r.load, list_max(r.load)) - 1 AS top_expert,
+        len(list_filter(r.load, lambda x: x > 0)) AS n_loaded,
+        list_max(r.demand) AS frac_dem_max,
+        list_sum(r.importance) AS imp_total
+    FROM router_layers r LEFT JOIN runs ru USING (run_id)
+), filled AS (
+    SELECT * REPLACE (
+        coalesce(imp_cv2, list_aggregate(importance, 'var_pop') / pow(list_avg(importance), 2)) AS imp_cv2,
+        coalesce(load_cv2, list_aggregate(load, 'var_pop') / pow(list_avg(load), 2)) AS load_cv2,
+        coalesce(usage_frac, n_loaded / n_experts) AS usage_frac,
+        coalesce(load_entropy,
+            -list_sum(list_transform(load, lambda x: CASE WHEN x > 0 THEN x * ln(x) ELSE 0.0 END)))
+            AS load_entropy,
+        coalesce(imp_entropy, -list_sum(list_transform(importance,
+            lambda x: CASE WHEN x > 0 THEN (x / imp_total) * ln(x / imp_total) ELSE 0.0 END)))
+            AS imp_entropy),
+        coalesce(n_loaded, round(usage_frac * n_experts)::INTEGER) AS active
+    FROM base
+)
+SELECT * EXCLUDE (n_loaded, imp_total),
+    max_frac AS frac_srv_max,
+    (max_frac >= {COLLAPSE_MAX_FRAC} OR active <= {COLLAPSE_ACTIVE_MAX}) AS collapsed_rule,
+    sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac,
+        greatest(active, 1), n_experts) AS health_penalty,
+    1.0 / (1.0 + sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac,
+        greatest(active, 1), n_experts)) AS health_score
+FROM filled
+"""
+
+ROUTER_STEP_HEALTH = f"""
+CREATE OR REPLACE VIEW router_step_health AS
+WITH agg AS (
+    SELECT run_id, step,
+        count(*) AS n_layers,
+        any_value(n_experts) AS n_experts,
+        avg(topk_prob_mean) AS top1_p_mean,
+        avg(max_frac) AS max_frac_mean,
+        max(max_frac) AS max_frac_max,
+        avg(frac_srv_max) AS frac_srv_max,
+        avg(frac_dem_max) AS frac_dem_max,
+        avg(entropy_mean) AS entropy_mean,
+        min(active) AS active_min,
+        avg(drop_frac) AS drop_frac_mean,
+        avg(aux_loss) AS aux_mean,
+        count(*) FILTER (WHERE collapsed_rule) AS collapsed_layers,
+        avg(imp_cv2) AS imp_cv2, avg(load_cv2) AS load_cv2, avg(usage_frac) AS usage_frac,
+        avg(imp_entropy) AS imp_entropy, avg(load_entropy) AS load_entropy,
+        greatest(avg(active), 1.0) AS active_mean
+    FROM router_layer_metrics
+    GROUP BY run_id, step
+)
+SELECT agg.*,
+    (max_frac_max >= {COLLAPSE_MAX_FRAC} OR active_min <= {COLLAPSE_ACTIVE_MAX}) AS collapsed,
+    sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active_mean, n_experts)
+        AS health_penalty,
+    1.0 / (1.0 + sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active_mean,
+        n_experts)) AS health_score,
+    s.router_clipped
+FROM agg LEFT JOIN steps s USING (run_id, step)
+"""
+
+
+def _window_expr(window: str) -> str:
+    """SQL for a window index column; `window` is a step count or the per-run default."""
+    return f"((step - bounds.min_step) // ({window}))"
+
+
+def _default_window() -> str:
+    return f"greatest(1, ceil((bounds.max_step - bounds.min_step + 1) / {WINDOWS_PER_RUN})::BIGINT)"
+
+
+def _bounds(source: str) -> str:
+    return (
+        f"(SELECT run_id, min(step) AS min_step, max(step) AS max_step FROM {source} GROUP BY run_id) bounds"
+    )
+
+
+def run_window_sql(window: str) -> str:
+    return f"""
+    SELECT h.run_id, {_window_expr(window)} AS window_idx, min(step) AS step_from, max(step) AS step_to,
+        count(*) AS n_steps,
+        avg(top1_p_mean) AS top1_p_mean, avg(max_frac_mean) AS max_frac_mean,
+        avg(max_frac_max) AS max_frac_max, max(max_frac_max) AS max_frac_peak,
+        avg(entropy_mean) AS entropy_mean, min(active_min) AS active_min,
+        avg((active_min <= 2)::DOUBLE) AS active_low_frac,
+        avg(frac_dem_max - frac_srv_max) AS dem_srv_gap, avg(drop_frac_mean) AS drop_frac_mean,
+        avg(collapsed::DOUBLE) AS collapsed_frac, avg(router_clipped::DOUBLE) AS clipped_frac,
+        avg(health_score) AS health_score, any_value(n_experts) AS n_experts
+    FROM router_step_health h JOIN {_bounds("router_step_health")} USING (run_id)
+    GROUP BY h.run_id, window_idx
+    """
+
+
+def layer_window_sql(window: str) -> str:
+    return f"""
+    SELECT m.run_id, layer, {_window_expr(window)} AS window_idx, min(step) AS step_from, max(step) AS step_to,
+        count(*) AS n_steps,
+        avg(topk_prob_mean) AS top1_p_mean, avg(max_frac) AS max_frac_mean, max(max_frac) AS max_frac_peak,
+        avg(entropy_mean) AS entropy_mean, min(active) AS active_min,
+        avg(collapsed_rule::DOUBLE) AS collapsed_frac, mode(top_expert) AS top_expert,
+        avg(frac_dem_max - frac_srv_max) AS dem_srv_gap,
+        avg(health_score) AS health_score, any_value(n_experts) AS n_experts
+    FROM router_layer_metrics m JOIN {_bounds("router_layer_metrics")} USING (run_id)
+    GROUP BY m.run_id, layer, window_idx
+    """
+
+
+ROUTER_EXPERTS = """
+CREATE OR REPLACE VIEW router_experts AS
+SELECT run_id, step, layer,
+    unnest(range(coalesce(len(load), len(importance), len(demand)))) AS expert,
+    unnest(load) AS load, unnest(demand) AS demand, unnest(importance) AS importance
+FROM router_layers
+"""
+
+RUN_HEALTH = """
+CREATE OR REPLACE VIEW run_health AS
+WITH last_window AS (
+    SELECT run_id, max(window_idx) AS window_idx FROM router_window_health GROUP BY run_id
+), final_layers AS (
+    SELECT l.run_id,
+        count(*) FILTER (WHERE l.collapsed_frac >= 0.5) AS collapsed_layers_final,
+        min(l.health_score) AS worst_layer_score_final,
+        arg_min(l.layer, l.health_score) AS worst_layer_final
+    FROM router_layer_window_health l JOIN last_window USING (run_id, window_idx)
+    GROUP BY l.run_id
+)
+SELECT w.run_id,
+    avg(s.health_score) AS health_score_mean,
+    any_value(f.health_score) AS health_score_final,
+    avg(s.collapsed::DOUBLE) AS collapsed_step_frac,
+    avg(s.router_clipped::DOUBLE) AS clipped_frac,
+    any_value(fl.collapsed_layers_final) AS collapsed_layers_final,
+    any_value(fl.worst_layer_final) AS worst_layer_final,
+    any_value(fl.worst_layer_score_final) AS worst_layer_score_final
+FROM last_window w
+JOIN router_step_health s ON s.run_id = w.run_id
+JOIN router_window_health f ON f.run_id = w.run_id AND f.window_idx = w.window_idx
+LEFT JOIN final_layers fl ON fl.run_id = w.run_id
+GROUP BY w.run_id
+"""
+
+RUN_SUMMARY = """
+CREATE OR REPLACE VIEW run_summary AS
+WITH s AS (
+    SELECT run_id,
+        max(step) AS last_step,
+        max(tokens) AS tokens,
+        max(time_ms) AS time_ms,
+        arg_max(val_loss, step) FILTER (WHERE val_loss IS NOT NULL AND NOT isnan(val_loss)) AS final_val_loss,
+        min(val_loss) FILTER (WHERE NOT isnan(val_loss)) AS best_val_loss,
+        arg_min(step, val_loss) FILTER (WHERE val_loss IS NOT NULL AND NOT isnan(val_loss)) AS best_val_step,
+        arg_max(loss, step) FILTER (WHERE loss IS NOT NULL) AS final_train_loss,
+        count(val_loss) AS n_val
+    FROM steps GROUP BY run_id
+)
+SELECT r.run_id, r.source, r.preset, r.state, r.num_layers, r.num_experts, r.total_steps,
+    s.last_step, s.tokens, s.time_ms, s.tokens / nullif(s.time_ms / 1000.0, 0) AS tokens_per_s,
+    s.final_train_loss, s.final_val_loss, s.best_val_loss, s.best_val_step, s.n_val,
+    h.health_score_final, h.health_score_mean, h.collapsed_layers_final, h.clipped_frac,
+    r.config_hash, r.created_at
+FROM runs r LEFT JOIN s USING (run_id) LEFT JOIN run_health h USING (run_id)
+"""
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create every derived view and macro; cheap, called after each ingest."""
+    con.execute(MACROS)
+    con.execute(ROUTER_LAYER_METRICS)
+    con.execute(ROUTER_STEP_HEALTH)
+    con.execute(ROUTER_EXPERTS)
+    con.execute(f"CREATE OR REPLACE VIEW router_window_health AS {run_window_sql(_default_window())}")
+    con.execute(f"CREATE OR REPLACE VIEW router_layer_window_health AS {layer_window_sql(_default_window())}")
+    con.execute(f"CREATE OR REPLACE MACRO router_window_health_w(w) AS TABLE {run_window_sql('w')}")
+    con.execute(f"CREATE OR REPLACE MACRO router_layer_window_health_w(w) AS TABLE {layer_window_sql('w')}")
+    con.execute(RUN_HEALTH)
+    con.execute(RUN_SUMMARY)
+    con.execute(DOMAIN_VIEWS_SQL)
+    refresh_config_view(con)
+
+
+DOMAIN_VIEWS_SQL = """
+CREATE OR REPLACE VIEW domain_expert_load AS
+SELECT run_id, step, layer, domain, expert, tokens,
+    tokens / nullif(sum(tokens) OVER (PARTITION BY run_id, step, layer, domain), 0) AS frac_of_domain,
+    tokens / nullif(sum(tokens) OVER (PARTITION BY run_id, step, layer, expert), 0) AS frac_of_expert
+FROM domain_load;
+CREATE OR REPLACE VIEW domain_specialization AS
+WITH t AS (
+    SELECT run_id, step, layer, domain, expert, tokens::DOUBLE AS tokens,
+        sum(tokens) OVER (PARTITION BY run_id, step, layer) AS total,
+        sum(tokens) OVER (PARTITION BY run_id, step, layer, domain) AS dom_total,
+        sum(tokens) OVER (PARTITION BY run_id, step, layer, expert) AS exp_total
+    FROM domain_load WHERE tokens > 0
+), dom AS (
+    SELECT DISTINCT run_id, step, layer, domain, dom_total / total AS p_d FROM t
+), h AS (
+    SELECT run_id, step, layer, -sum(p_d * ln(p_d)) AS domain_entropy FROM dom GROUP BY ALL
+)
+SELECT t.run_id, t.step, t.layer,
+    sum((tokens / total) * ln(tokens * total / (dom_total * exp_total))) AS mutual_info,
+    sum((tokens / total) * ln(tokens * total / (dom_total * exp_total)))
+        / nullif(any_value(h.domain_entropy), 0) AS specialization
+FROM t JOIN h USING (run_id, step, layer)
+GROUP BY t.run_id, t.step, t.layer
+"""
+
+
+def _config_column_type(values: list[object]) -> str:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {bool}:
+        return "BOOLEAN"
+    if kinds and kinds <= {int}:
+        return "BIGINT"
+    if kinds and kinds <= {int, float}:
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def refresh_config_view(con: duckdb.DuckDBPyConnection) -> None:
+    """`runs_config`: one row per run, one typed column per config key (dotted names, quoted)."""
+    rows = con.execute("SELECT key, value FROM run_config").fetchall()
+    values: dict[str, list[object]] = {}
+    for key, value in rows:
+        values.setdefault(key, []).append(json.loads(value) if value is not None else None)
+    columns = []
+    for key in sorted(values):
+        if key.lower() == "run_id":
+            continue
+        typ = _config_column_type(values[key])
+        quoted = key.replace("'", "''")
+        ident = '"' + key.replace('"', '""') + '"'
+        picked = f"(any_value(c.value) FILTER (WHERE c.key = '{quoted}'))"
+        expr = f"({picked} ->> '$')" if typ == "VARCHAR" else f"{picked}::{typ}"
+        columns.append(f"{expr} AS {ident}")
+    select = ", ".join(["r.run_id", *columns])
+    con.execute(
+        f"CREATE OR REPLACE VIEW runs_config AS SELECT {select} "
+        "FROM runs r LEFT JOIN run_config c USING (run_id) GROUP BY r.run_id"
+    )
