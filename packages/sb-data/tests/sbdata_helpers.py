@@ -83,3 +83,24 @@ def write_document_shards(
         paths.append(path)
         arrays.append(tokens)
     return paths, arrays
+
+
+def gloo_loader_worker(rank: int, world_size: int, store: str, files: list[str], out: str) -> None:
+    """One rank of the 2-process gloo test: rank and world size come from torch.distributed."""
+    import json
+
+    import torch.distributed as dist
+
+    from sb_data.loader import DistributedTokenLoader
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        loader = DistributedTokenLoader(files, 5)
+        mine = [next(loader)[0].tolist() for _ in range(4)]
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, {"rank": loader.rank, "world": loader.world_size, "inputs": mine})
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(gathered, f)
+    finally:
+        dist.destroy_process_group()
