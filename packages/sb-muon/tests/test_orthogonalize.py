@@ -99,3 +99,19 @@ def test_bad_inputs():
         orthogonalize(torch.randn(4, 4), method="nope")
     with pytest.raises(ValueError, match="triples"):
         orthogonalize(torch.randn(4, 4), method=[(1.0, 2.0)])
+
+
+def test_eigh_method_is_exact_on_well_conditioned_and_damps_noise():
+    G = torch.randn(64, 200)
+    P = polar_factor(G)
+    assert (orthogonalize(G, method="eigh") - P).norm() / P.norm() < 1e-4
+    assert (orthogonalize(G.T, method="eigh") - P.T).norm() / P.norm() < 1e-4
+    G = ill_conditioned(96, 256)
+    lo, hi = band(G, orthogonalize(G, method="eigh"), 1e-2)
+    assert lo > 0.99 and hi < 1.01
+    assert torch.equal(orthogonalize(torch.zeros(4, 8), method="eigh"), torch.zeros(4, 8))
+    huge = orthogonalize(torch.randn(16, 32) * 1e30, method="eigh")
+    assert torch.isfinite(huge).all()
+    batched = torch.randn(3, 20, 30)
+    one = orthogonalize(batched[1], method="eigh")
+    torch.testing.assert_close(orthogonalize(batched, method="eigh")[1], one, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,7 @@ from .coefficients import (
 )
 
 #: Named methods accepted by :func:`orthogonalize`.
-METHODS = ("tuned5", "polar_express", "quintic", "turbo", "svd")
+METHODS = ("tuned5", "polar_express", "quintic", "turbo", "eigh", "svd")
 #: The default method: the most accurate of the equal-cost (5-step) schedules, measured by the
 #: relative Frobenius error against the exact polar factor (see the package README).
 DEFAULT_METHOD = "tuned5"
@@ -119,6 +119,21 @@ def newton_schulz_step(
     return torch.baddbmm(X, B, X, beta=a, alpha=1.0)
 
 
+def _polar_via_gram_eigh(X: torch.Tensor, rel_floor: float = 1e-6) -> torch.Tensor:
+    """Polar factor (X Xᵀ)^(-1/2) X from the eigendecomposition of the Gram matrix, X wide.
+
+    Eigenvalues below rel_floor · λ_max (singular values below 1e-3 · σ_max by default) are
+    raised to that floor, so directions that are mostly rounding noise are damped instead of
+    blown up to unit length. Exact otherwise, and on CPUs much cheaper than 5 Newton–Schulz
+    steps for rectangular matrices (2 products of m²n plus an m x m eigh, against 20 m²n + 10 m³).
+    """
+    X = X / X.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
+    eigvals, Q = torch.linalg.eigh(X @ X.mT)
+    floor = (eigvals[..., -1:] * rel_floor).clamp_min(torch.finfo(X.dtype).tiny)
+    inv_sqrt = eigvals.clamp_min(floor).rsqrt()
+    return (Q * inv_sqrt.unsqueeze(-2)) @ (Q.mT @ X)
+
+
 def polar_factor(G: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Exact polar factor U Vᵀ from an SVD (computed in `dtype`, returned in G's dtype).
 
@@ -146,6 +161,8 @@ def orthogonalize(
             "turbo" (the reference SwitchBank TurboMuon: column-RMS preconditioning, a fixed triple
             chosen by shape, then division by an estimate of σ_max), "svd" (exact, slow), or a custom
             sequence of (a, b, c) triples, one per iteration (the last repeats if `steps` is larger).
+            "eigh" is the exact polar factor through an eigendecomposition of X Xᵀ (singular
+            values below 1e-3 σ_max damped; `steps` ignored): the fastest accurate choice on CPUs.
         dtype: compute dtype; default bf16 on CUDA and fp32 elsewhere.
         eps: added to the Frobenius norm before dividing by it.
         use_triton: compute the two symmetric products with the Triton Gram kernel (CUDA, or the
@@ -168,6 +185,10 @@ def orthogonalize(
     if transposed:
         X = X.mT
     X = X.to(compute_dtype)
+    if method == "eigh":
+        X = _polar_via_gram_eigh(X.float() if compute_dtype in (torch.bfloat16, torch.float16) else X)
+        X = X.mT if transposed else X
+        return X.reshape(*lead, X.size(-2), X.size(-1)).to(G.dtype)
     safety = 1.0
     if method == "turbo":
         X = _column_rms_precondition(X)
