@@ -133,7 +133,8 @@ def load_table_file(
     state = con.execute(
         "SELECT header, bytes_done, lines_done, rows_loaded FROM ingest_files WHERE run_id = ? AND path = ?",
         [run_id, str(path)],
-    ).fetchone()
+    ).fetchall()
+    state = state[0] if state else None
     complete_end = _last_newline_end(path, size)
     header_end = len(header_bytes)
     if state and state[0] == header_text and header_end <= state[1] <= complete_end:
@@ -208,15 +209,17 @@ def _stage_and_upsert(
         "store_rejects = true, rejects_table = '_sb_rejects', rejects_scan = '_sb_rejects_scan')",
         [run_id, source],
     )
+    # DuckDB reports one reject per bad cell (e.g. one per missing column); keep the first per line
     for line, column, etype, raw, message in con.execute(
-        "SELECT line, column_name, error_type, csv_line, error_message FROM _sb_rejects ORDER BY line"
+        "SELECT line, column_name, error_type, csv_line, error_message FROM _sb_rejects "
+        "QUALIFY row_number() OVER (PARTITION BY line ORDER BY column_idx) = 1 ORDER BY line"
     ).fetchall():
         result.errors.append(
             RowError(result.path, int(line) + line_offset, str(etype), str(message), column, raw)
         )
     null_keys = con.execute(
         "SELECT count(*) FROM _sb_new WHERE " + " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
-    ).fetchone()[0]  # type: ignore[index]
+    ).fetchall()[0][0]
     if null_keys:
         result.errors.append(
             RowError(result.path, None, "EMPTY KEY", f"{null_keys} row(s) with an empty {'/'.join(spec.key)}")

@@ -79,7 +79,8 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _store_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any], config: dict[str, Any]) -> None:
-    existing = con.execute("SELECT source, path FROM runs WHERE run_id = ?", [row["run_id"]]).fetchone()
+    existing = con.execute("SELECT source, path FROM runs WHERE run_id = ?", [row["run_id"]]).fetchall()
+    existing = existing[0] if existing else None
     if existing and existing[0] != row["source"]:
         raise LogFormatError(
             f"run id {row['run_id']!r} is already in the database from a {existing[0]} source ({existing[1]}); "

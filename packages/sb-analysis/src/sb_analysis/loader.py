@@ -45,7 +45,7 @@ def upsert_staged(
     con.execute(f"DELETE FROM {staged} WHERE " + " OR ".join(f"{quote_ident(k)} IS NULL" for k in key))
     total, distinct = con.execute(
         f"SELECT count(*), count(DISTINCT ({key_sql})) FROM {staged}"
-    ).fetchone()  # type: ignore[misc]
+    ).fetchall()[0]
     if total == 0:
         return 0, 0
     if distinct != total:
@@ -56,14 +56,14 @@ def upsert_staged(
         con.execute(f"DROP TABLE {staged}")
         con.execute(f"ALTER TABLE {staged}_dedup RENAME TO {staged}")
     replaced = 0
-    has_rows = con.execute(f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", [run_id]).fetchone()
+    has_rows = con.execute(f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", [run_id]).fetchall()
     if has_rows:
         match = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in key)
         replaced = con.execute(
             f"SELECT count(*) FROM {table} t JOIN {staged} n ON {match} WHERE t.run_id = ?", [run_id]
-        ).fetchone()[0]  # type: ignore[index]
+        ).fetchall()[0][0]
         if replaced:
             con.execute(f"DELETE FROM {table} t USING {staged} n WHERE t.run_id = ? AND {match}", [run_id])
-    n_rows = con.execute(f"SELECT count(*) FROM {staged}").fetchone()[0]  # type: ignore[index]
+    n_rows = con.execute(f"SELECT count(*) FROM {staged}").fetchall()[0][0]
     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
     return n_rows - replaced, replaced

@@ -75,7 +75,7 @@ def _layer_row(spec: SyntheticRun, rng: random.Random, step: int, layer: int) ->
         importance = _normalize([max(1e-3, rng.gauss(1.0, 0.08)) for _ in range(E)])
         progress = step / max(spec.steps, 1)
         top_p = (0.85 if spec.peaky else 0.2 + 0.08 * progress) + 0.01 * rng.random()
-        entropy = (0.3 if spec.peaky else 0.8 - 0.15 * progress) * math.log(E) + 0.02 * rng.random()
+        entropy = (0.15 if spec.peaky else 0.8 - 0.15 * progress) * math.log(E) + 0.02 * rng.random()
     row: dict[str, float | int] = {
         "step": step,
         "layer": layer,

@@ -6,6 +6,7 @@ reference's `router/health_score` = 1 / (1 + penalty).
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import duckdb
@@ -194,8 +195,23 @@ SELECT r.run_id, r.source, r.preset, r.state, r.num_layers, r.num_experts, r.tot
 FROM runs r LEFT JOIN s USING (run_id) LEFT JOIN run_health h USING (run_id)
 """
 
+def _views_fingerprint() -> str:
+    text = "".join([MACROS, ROUTER_LAYER_METRICS, ROUTER_STEP_HEALTH, ROUTER_EXPERTS, RUN_HEALTH, RUN_SUMMARY,
+                    DOMAIN_VIEWS_SQL, run_window_sql("w"), layer_window_sql("w")])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create every derived view and macro; cheap, called after each ingest."""
+    """Create the derived views and macros (once per view version) and refresh `runs_config`."""
+    fingerprint = _views_fingerprint()
+    rows = con.execute("SELECT value FROM sb_meta WHERE key = 'views'").fetchall()
+    if not rows or rows[0][0] != fingerprint:
+        _create_all_views(con)
+        con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('views', ?)", [fingerprint])
+    refresh_config_view(con)
+
+
+def _create_all_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(MACROS)
     con.execute(ROUTER_LAYER_METRICS)
     con.execute(ROUTER_STEP_HEALTH)
@@ -207,7 +223,6 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(RUN_HEALTH)
     con.execute(RUN_SUMMARY)
     con.execute(DOMAIN_VIEWS_SQL)
-    refresh_config_view(con)
 
 
 DOMAIN_VIEWS_SQL = """
