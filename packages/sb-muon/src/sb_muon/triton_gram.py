@@ -7,6 +7,10 @@ products per iteration (A = X Xᵀ, and A² = A Aᵀ since A is symmetric). The 
 
 Runs on CUDA, and on the CPU under the Triton interpreter (TRITON_INTERPRET=1), which is how
 the tests check it against the plain PyTorch products on machines without a GPU.
+
+K (the inner dimension) is a compile-time constant: one specialisation per matrix width, a
+handful per model. (It also keeps the loop bound a Python int, which the Triton 3.6
+interpreter needs with NumPy >= 2.3.)
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def _gram_kernel(
     X, C_in, C_out,
-    M, K,
+    M, K: tl.constexpr,
     sxb, sxm, sxk,
     sib, sim, sin,
     sob, som, son,
