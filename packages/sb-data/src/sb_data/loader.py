@@ -45,9 +45,18 @@ def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, i
 
 
 def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for every (s, l), without a Python loop."""
-    exclusive = np.cumsum(lengths) - lengths
-    return np.repeat(starts - exclusive, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    """Concatenation of ``arange(s, s + l)`` for every (s, l), without a Python loop.
+
+    One cumulative sum of steps: +1 inside a segment, a jump from one segment's end to the next start.
+    """
+    total = int(lengths.sum())
+    steps = np.ones(total, dtype=np.int64)
+    if total == 0:
+        return steps
+    firsts = np.cumsum(lengths[:-1])
+    steps[0] = starts[0]
+    steps[firsts] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+    return np.cumsum(steps, out=steps)
 
 
 class DocumentWindow:
@@ -174,6 +183,7 @@ class DistributedTokenLoader:
         self._cursor = Cursor(0, 0, 0)
         self.step = 0
         self._docs_hint = 0
+        self._cache_key: tuple | None = None
         self.shards.prefetch(self.shards.file_at(0, 0))
 
     # -- public state --------------------------------------------------------------------------------
@@ -233,6 +243,7 @@ class DistributedTokenLoader:
             raise ValueError(f"corrupt loader state: epoch={epoch}, shard={shard}, position={pos}")
         self._cursor = Cursor(epoch, shard, pos)
         self.step = int(state["step"])
+        self._cache_key = None
         self.shards.retain(set())
         self.shards.prefetch(self.shards.file_at(epoch, shard))
 
@@ -252,11 +263,16 @@ class DistributedTokenLoader:
         else:
             inputs, targets, used = self._aligned_batch()
         self.step += 1
-        following = self.shards.file_at(*self.shards.next_shard(self._cursor.epoch, self._cursor.shard))
-        current = self.shards.file_at(self._cursor.epoch, self._cursor.shard)
-        self.shards.retain(used | {current, following})
-        self.shards.prefetch(current)
-        self.shards.prefetch(following)
+        # Keep the shards this step used plus the cursor's shard and the one after it; start reading
+        # those two in the background. Skipped while a step stays inside the shard it started in.
+        key = (self._cursor.epoch, self._cursor.shard, frozenset(used))
+        if key != self._cache_key:
+            self._cache_key = key
+            following = self.shards.file_at(*self.shards.next_shard(self._cursor.epoch, self._cursor.shard))
+            current = self.shards.file_at(self._cursor.epoch, self._cursor.shard)
+            self.shards.retain(used | {current, following})
+            self.shards.prefetch(current)
+            self.shards.prefetch(following)
         return inputs, targets
 
     def _read(self, cursor: Cursor, n: int, used: set[int]) -> np.ndarray:
@@ -323,8 +339,9 @@ class DistributedTokenLoader:
             used.add(file_index)
             tokens = self.shards.get(file_index).tokens
             pos = segment_positions(starts[lo:hi], seg[lo:hi])
-            inputs[out : out + pos.size] = tokens[pos]
-            targets[out : out + pos.size] = tokens[pos + 1]
+            np.take(tokens, pos, out=inputs[out : out + pos.size])
+            pos += 1
+            np.take(tokens, pos, out=targets[out : out + pos.size])
             out += pos.size
         self._cursor = docs.cursor_of(first)
         self._docs_hint = first + first // 8
