@@ -43,10 +43,16 @@ WANDB_SCRIPT = textwrap.dedent(
 def wandb_offline_run(tmp_path_factory) -> Path:
     """A real offline run written by the wandb package (WANDB_MODE=offline); returns its run directory."""
     root = tmp_path_factory.mktemp("wandb")
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
-           "WANDB_DISABLE_CODE": "true"}
-    subprocess.run([sys.executable, "-c", WANDB_SCRIPT, str(root)], check=True, env=env, timeout=300,
-                   capture_output=True)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+    }
+    subprocess.run(
+        [sys.executable, "-c", WANDB_SCRIPT, str(root)], check=True, env=env, timeout=300, capture_output=True
+    )
     runs = sorted((root / "wandb").glob("offline-run-*"))
     assert runs, "wandb wrote no offline-run directory"
     return runs[-1]
@@ -58,8 +64,9 @@ def run_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     write_synthetic_run(root, SyntheticRun("healthy", steps=300, domains=True))
     write_synthetic_run(root, SyntheticRun("collapsed", steps=300, collapse={2: (120, 3)}, seed=1))
-    write_synthetic_run(root, SyntheticRun("peaky", steps=200, peaky=True, clipped_frac=0.6, seed=2,
-                                           final_loss=3.6))
+    write_synthetic_run(
+        root, SyntheticRun("peaky", steps=200, peaky=True, clipped_frac=0.6, seed=2, final_loss=3.6)
+    )
     return root
 
 

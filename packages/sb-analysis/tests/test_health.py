@@ -13,8 +13,10 @@ def reference_score(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, A,
     """The reference's router/health_score (spec 5.9), written out term by term."""
     terms = [0.8 * imp_cv2 / A, 0.9 * load_cv2 / A]
     if A > 1:
-        terms += [0.5 * max(0.0, abs(math.log(A) - load_entropy) / math.log(A)),
-                  0.2 * max(0.0, abs(math.log(A) - imp_entropy) / math.log(A))]
+        terms += [
+            0.5 * max(0.0, abs(math.log(A) - load_entropy) / math.log(A)),
+            0.2 * max(0.0, abs(math.log(A) - imp_entropy) / math.log(A)),
+        ]
     terms.append(1.25 * abs(usage_frac - min(1.0, A / E)))
     return 1.0 / (1.0 + sum(t for t in terms if not math.isnan(t)))
 
@@ -35,7 +37,7 @@ def test_collapse_found_with_layer_expert_and_onset(shared_db):
     row = collapse.row(0, named=True)
     assert row["layer"] == 2 and row["step_from"] == 120 and row["severity"] == "bad"
     assert row["message"].startswith("layer 2 collapsed onto expert 3 from step 120")
-    assert found["severity"][0] == "bad"                        # worst first
+    assert found["severity"][0] == "bad"  # worst first
     assert not found.filter((pl.col("layer") != 2) & (pl.col("rule") == "collapse")).height
     assert summary["collapsed_layers_final"] == 1 and summary["health_score_final"] < 0.9
 
@@ -64,12 +66,21 @@ def test_windows_parameter_and_views(shared_db):
 
 def test_composite_score_matches_reference_formula(shared_db):
     with RunDB(shared_db) as db:
-        rows = db.sql("SELECT imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active, n_experts, "
-                      "health_score FROM router_layer_metrics WHERE run_id = 'collapsed' AND step IN (10, 200)")
+        rows = db.sql(
+            "SELECT imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active, n_experts, "
+            "health_score FROM router_layer_metrics WHERE run_id = 'collapsed' AND step IN (10, 200)"
+        )
     for r in rows.iter_rows(named=True):
         A = max(r["active"], 1)
-        want = reference_score(r["imp_cv2"], r["load_cv2"], r["imp_entropy"], r["load_entropy"],
-                               r["usage_frac"], A, r["n_experts"])
+        want = reference_score(
+            r["imp_cv2"],
+            r["load_cv2"],
+            r["imp_entropy"],
+            r["load_entropy"],
+            r["usage_frac"],
+            A,
+            r["n_experts"],
+        )
         assert math.isclose(r["health_score"], want, rel_tol=1e-9)
 
 
@@ -80,12 +91,16 @@ def test_derived_metrics_fill_in_missing_scalars(tmp_path):
     lines = router.read_text().splitlines()
     header = lines[0].split(",")
     drop = {header.index(c) for c in ("imp_cv2", "load_cv2", "usage_frac", "imp_entropy", "load_entropy")}
-    router.write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i not in drop)
-                                for line in lines) + "\n")
+    router.write_text(
+        "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i not in drop) for line in lines)
+        + "\n"
+    )
     db = tmp_path / "r.duckdb"
     ingest([run], db)
     con = duckdb.connect(str(db), read_only=True)
-    got = con.execute("SELECT load, load_cv2, load_entropy, usage_frac FROM router_layer_metrics LIMIT 1").fetchone()
+    got = con.execute(
+        "SELECT load, load_cv2, load_entropy, usage_frac FROM router_layer_metrics LIMIT 1"
+    ).fetchone()
     con.close()
     load = got[0]
     mean = sum(load) / len(load)
@@ -96,13 +111,15 @@ def test_derived_metrics_fill_in_missing_scalars(tmp_path):
 
 
 def test_collapse_episode_bridging_and_recovery():
-    frame = pl.DataFrame({
-        "step": list(range(20)),
-        "collapsed_rule": [False] * 5 + [True] * 4 + [False] + [True] * 3 + [False] * 7,
-        "top_expert": [0] * 5 + [5] * 8 + [0] * 7,
-        "max_frac": [0.2] * 5 + [0.95] * 8 + [0.2] * 7,
-        "active": [8] * 5 + [1] * 8 + [8] * 7,
-    })
+    frame = pl.DataFrame(
+        {
+            "step": list(range(20)),
+            "collapsed_rule": [False] * 5 + [True] * 4 + [False] + [True] * 3 + [False] * 7,
+            "top_expert": [0] * 5 + [5] * 8 + [0] * 7,
+            "max_frac": [0.2] * 5 + [0.95] * 8 + [0.2] * 7,
+            "active": [8] * 5 + [1] * 8 + [8] * 7,
+        }
+    )
     (episode,) = collapse_episodes(frame, min_points=3)
     assert episode[:2] == (5, 12) and episode[3] == 5
     assert collapse_episodes(frame.with_columns(pl.lit(False).alias("collapsed_rule"))) == []
@@ -116,5 +133,5 @@ def test_domain_specialisation(shared_db):
     per_domain = load.group_by(["layer", "domain"]).agg(pl.col("frac_of_domain").sum())
     assert (per_domain["frac_of_domain"] - 1.0).abs().max() < 1e-9
     code = load.filter((pl.col("layer") == 0) & (pl.col("domain") == "code")).sort("frac_of_domain")
-    assert code["expert"][-1] % 3 == 0          # code prefers experts 0, 3, 6 in the synthetic data
+    assert code["expert"][-1] % 3 == 0  # code prefers experts 0, 3, 6 in the synthetic data
     assert spec["specialization"].min() > 0.2 and spec["specialization"].max() <= 1.0

@@ -9,14 +9,16 @@ import duckdb
 import pytest
 
 from sb_analysis import RunDB, SyntheticRun, ingest, write_synthetic_run
-from sb_analysis.logformat import LogFormatError, TABLES, column_types
+from sb_analysis.logformat import TABLES, LogFormatError, column_types
 
 
 def counts(db: Path) -> dict[str, int]:
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "steps", "router_layers", "domain_load", "run_config")}
+        return {
+            t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "steps", "router_layers", "domain_load", "run_config")
+        }
     finally:
         con.close()
 
@@ -102,9 +104,9 @@ def test_malformed_rows_reported_with_file_and_line_rest_loads(tmp_path):
 
     with open(scalars, "a") as handle:
         handle.write(line(40, loss="1.5") + "\n")
-        handle.write(line(41, loss="abc") + "\n")            # not a number
-        handle.write("42,100.0\n")                             # missing columns
-        handle.write(line(43, loss="1.4") + ",7\n")           # one column too many
+        handle.write(line(41, loss="abc") + "\n")  # not a number
+        handle.write("42,100.0\n")  # missing columns
+        handle.write(line(43, loss="1.4") + ",7\n")  # one column too many
         handle.write(line(44, loss="1.3") + "\n")
     report = ingest([run], db)
     assert report.exit_code == 2
@@ -115,7 +117,7 @@ def test_malformed_rows_reported_with_file_and_line_rest_loads(tmp_path):
         ("scalars.csv", n_lines + 4, "TOO MANY COLUMNS"),
     }
     after = counts(db)
-    assert after["steps"] == before["steps"] + 2          # steps 40 and 44 loaded, nothing lost
+    assert after["steps"] == before["steps"] + 2  # steps 40 and 44 loaded, nothing lost
     with RunDB(db) as rdb:
         stored = rdb.errors("bad")
         assert sorted(stored["line"].to_list()) == [n_lines + 2, n_lines + 3, n_lines + 4]
@@ -151,8 +153,8 @@ def test_segments_are_read_in_order(tmp_path):
     ingest([run], db)
     with RunDB(db) as rdb:
         got = rdb.sql("SELECT step, loss, new_metric FROM steps WHERE step >= 20 ORDER BY step")
-        assert got["new_metric"].to_list() == [0.5, 0.6]   # a new column appears as a DOUBLE metric
-        assert got["loss"].to_list() == [2.5, 2.4]           # the later segment wins for step 20
+        assert got["new_metric"].to_list() == [0.5, 0.6]  # a new column appears as a DOUBLE metric
+        assert got["loss"].to_list() == [2.5, 2.4]  # the later segment wins for step 20
 
 
 def test_failed_ingest_changes_nothing(run_root, tmp_path, monkeypatch):
@@ -174,10 +176,10 @@ def test_failed_ingest_changes_nothing(run_root, tmp_path, monkeypatch):
 def test_readers_are_not_blocked_by_an_ingest(run_root, tmp_path):
     db = tmp_path / "r.duckdb"
     ingest([run_root / "healthy"], db)
-    reader = RunDB(db)                        # a reader (e.g. the explorer) holds the file open
+    reader = RunDB(db)  # a reader (e.g. the explorer) holds the file open
     report = ingest([run_root / "collapsed"], db)
     assert report.exit_code == 0
-    assert reader.runs().height == 1          # still reads its consistent snapshot
+    assert reader.runs().height == 1  # still reads its consistent snapshot
     reader.close()
     with RunDB(db) as fresh:
         assert fresh.runs().height == 2
@@ -198,8 +200,13 @@ def test_unknown_inputs_fail_clearly(tmp_path):
 
 def test_column_types_declared_not_sniffed():
     types = column_types(TABLES["router"], ["step", "layer", "load_e0", "load_e1", "feat_w_tok"])
-    assert types == {"step": "BIGINT", "layer": "INTEGER", "load_e0": "DOUBLE", "load_e1": "DOUBLE",
-                     "feat_w_tok": "DOUBLE"}
+    assert types == {
+        "step": "BIGINT",
+        "layer": "INTEGER",
+        "load_e0": "DOUBLE",
+        "load_e1": "DOUBLE",
+        "feat_w_tok": "DOUBLE",
+    }
     with pytest.raises(LogFormatError, match="required"):
         column_types(TABLES["scalars"], ["step", "loss"])
     with pytest.raises(LogFormatError, match="twice"):
@@ -223,6 +230,6 @@ def test_run_directory_of_copies_keeps_ids(run_root, tmp_path):
     shutil.copytree(run_root / "healthy", copy)
     db = tmp_path / "r.duckdb"
     ingest([run_root / "healthy"], db)
-    report = ingest([copy], db)            # same run id from another path: rows are replaced, not doubled
+    report = ingest([copy], db)  # same run id from another path: rows are replaced, not doubled
     assert report.runs[0].new_rows["steps"] == 0
     assert counts(db)["steps"] == 301

@@ -63,17 +63,28 @@ class RunDB:
         `max_points` downsamples each run to about that many rows, keeping each bucket's last row
         and adding `<col>_min` / `<col>_max` so spikes stay visible."""
         ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-        cols = "*" if columns is None else ", ".join(["run_id", "step", *[c for c in columns if c not in ("run_id", "step")]])
-        frame = self.sql(f"SELECT {cols} FROM steps WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
-                         "ORDER BY run_id, step", [ids])
+        cols = (
+            "*"
+            if columns is None
+            else ", ".join(["run_id", "step", *[c for c in columns if c not in ("run_id", "step")]])
+        )
+        frame = self.sql(
+            f"SELECT {cols} FROM steps WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, step",
+            [ids],
+        )
         metrics = [c for c in frame.columns if c not in ("run_id", "step") and frame[c].dtype.is_numeric()]
         if smooth is not None:
             if not 0 < smooth <= 1:
                 raise ValueError("smooth is the EMA weight of a new point, in (0, 1]")
-            frame = frame.with_columns([
-                pl.col(c).ewm_mean(alpha=smooth, adjust=True, ignore_nulls=True).over("run_id").alias(f"{c}_smooth")
-                for c in metrics
-            ])
+            frame = frame.with_columns(
+                [
+                    pl.col(c)
+                    .ewm_mean(alpha=smooth, adjust=True, ignore_nulls=True)
+                    .over("run_id")
+                    .alias(f"{c}_smooth")
+                    for c in metrics
+                ]
+            )
         if max_points is not None and frame.height > max_points:
             frame = _downsample(frame, metrics, max_points)
         return frame
@@ -87,9 +98,13 @@ class RunDB:
     def experts(self, run_id: str, step: int | None = None) -> pl.DataFrame:
         """Per (step, layer, expert) served load, demand and importance (the last logged step if None)."""
         if step is None:
-            step = self._con.execute("SELECT max(step) FROM router_layers WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        return self.sql("SELECT * FROM router_experts WHERE run_id = ? AND step = ? ORDER BY layer, expert",
-                        [run_id, step])
+            step = self._con.execute(
+                "SELECT max(step) FROM router_layers WHERE run_id = ?", [run_id]
+            ).fetchall()[0][0]
+        return self.sql(
+            "SELECT * FROM router_experts WHERE run_id = ? AND step = ? ORDER BY layer, expert",
+            [run_id, step],
+        )
 
     def health(self, run_id: str, window: int | None = None) -> pl.DataFrame:
         """Router-health findings of a run, worst first (severity bad / warn / info / ok)."""
@@ -108,9 +123,13 @@ class RunDB:
     def domain_load(self, run_id: str, step: int | None = None) -> pl.DataFrame:
         """Per-expert load per data domain (empty when the run logged no domains.csv)."""
         if step is None:
-            step = self._con.execute("SELECT max(step) FROM domain_load WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        return self.sql("SELECT * FROM domain_expert_load WHERE run_id = ? AND step = ? "
-                        "ORDER BY layer, domain, expert", [run_id, step])
+            step = self._con.execute(
+                "SELECT max(step) FROM domain_load WHERE run_id = ?", [run_id]
+            ).fetchall()[0][0]
+        return self.sql(
+            "SELECT * FROM domain_expert_load WHERE run_id = ? AND step = ? ORDER BY layer, domain, expert",
+            [run_id, step],
+        )
 
     def errors(self, run_id: str | None = None) -> pl.DataFrame:
         """Rows that could not be loaded, with file and line."""

@@ -27,18 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sb-analysis",
         description="SwitchBank run logs in DuckDB: ingest, SQL, comparisons and router health.",
     )
-    parser.add_argument("--db", default=_db_default(),
-                        help="database file (default: $SB_ANALYSIS_DB or ./runs.duckdb)")
+    parser.add_argument(
+        "--db", default=_db_default(), help="database file (default: $SB_ANALYSIS_DB or ./runs.duckdb)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="load run directories and W&B runs into the database")
-    p.add_argument("targets", nargs="+", metavar="RUN",
-                   help="run directory, directory of run directories, W&B offline run directory or "
-                        ".wandb file, or entity/project/run_id (W&B API)")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="RUN",
+        help="run directory, directory of run directories, W&B offline run directory or "
+        ".wandb file, or entity/project/run_id (W&B API)",
+    )
     p.add_argument("--run-id", help="store a single W&B run under this id (default: wandb-<id>)")
-    p.add_argument("--in-place", action="store_true",
-                   help="write the database file directly instead of an atomically replaced copy "
-                        "(faster for big databases; readers wait while it runs)")
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="write the database file directly instead of an atomically replaced copy "
+        "(faster for big databases; readers wait while it runs)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     p = sub.add_parser("sql", help="run a SQL query over all runs")
@@ -54,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="side-by-side table of runs")
     p.add_argument("run_ids", nargs="+", metavar="RUN")
-    p.add_argument("--target", type=float, default=DEFAULT_TARGET_LOSS,
-                   help=f"target val loss for 'time to target' (default {DEFAULT_TARGET_LOSS})")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET_LOSS,
+        help=f"target val loss for 'time to target' (default {DEFAULT_TARGET_LOSS})",
+    )
     p.add_argument("--out", help="write the (untransposed) table to .csv or .parquet")
 
     p = sub.add_parser("health", help="router-health findings of a run in plain language")
@@ -71,14 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest(
-        args.targets, args.db, run_id=args.run_id, in_place=args.in_place,
+        args.targets,
+        args.db,
+        run_id=args.run_id,
+        in_place=args.in_place,
         progress=None if args.quiet else print,
     )
     for path, message in report.failures:
         print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
     if report.row_errors:
-        print(f"{len(report.row_errors)} row(s) could not be loaded; the rest was loaded "
-              f"(see `sb-analysis errors`)", file=sys.stderr)
+        print(
+            f"{len(report.row_errors)} row(s) could not be loaded; the rest was loaded "
+            f"(see `sb-analysis errors`)",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(f"{len(report.runs)} run(s) ingested into {args.db}")
     return report.exit_code
@@ -118,7 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "errors":
                 print_frame(db.errors(args.run_id), 1000)
         return 0
-    except (FileNotFoundError, KeyError, ValueError, DatabaseBusyError, duckdb.Error, pl.exceptions.PolarsError) as err:
+    except (
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        DatabaseBusyError,
+        duckdb.Error,
+        pl.exceptions.PolarsError,
+    ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -42,7 +42,8 @@ def compare_runs(
     order = {run_id: i for i, run_id in enumerate(ids)}
     return (
         frame.with_columns(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64).alias("_order"))
-        .sort("_order").drop("_order")
+        .sort("_order")
+        .drop("_order")
     )
 
 

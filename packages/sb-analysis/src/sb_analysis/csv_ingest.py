@@ -95,9 +95,7 @@ def _select_list(spec: TableSpec, types: dict[str, str], n_experts: int | None) 
             if n is None:
                 continue
             if n_experts is not None and n != n_experts:
-                raise LogFormatError(
-                    f"{n} {family}_e* columns but run.json says num_experts = {n_experts}"
-                )
+                raise LogFormatError(f"{n} {family}_e* columns but run.json says num_experts = {n_experts}")
             items = ", ".join(quote_ident(f"{family}_e{i}") for i in range(n))
             exprs.append(f"list_value({items}) AS {family}")
     return ", ".join(exprs), needed
@@ -148,9 +146,15 @@ def load_table_file(
             tail = handle.read(200).decode("utf-8", "replace")
         line_no = lines_before + _count_newlines(path, start, complete_end) + 1
         result.pending = RowError(
-            str(path), line_no, "INCOMPLETE LAST LINE",
+            str(path),
+            line_no,
+            "INCOMPLETE LAST LINE",
             "no newline at the end of the file"
-            + (" (the run has ended: this row is truncated)" if finished else " (still being written; read on the next ingest)"),
+            + (
+                " (the run has ended: this row is truncated)"
+                if finished
+                else " (still being written; read on the next ingest)"
+            ),
             raw_line=tail,
         )
         if finished:
@@ -183,8 +187,16 @@ def load_table_file(
     con.execute("DELETE FROM ingest_files WHERE run_id = ? AND path = ?", [run_id, str(path)])
     con.execute(
         "INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [run_id, str(path), spec.kind, header_text, complete_end, lines_done,
-         rows_before + result.new_rows + result.replaced_rows, size],
+        [
+            run_id,
+            str(path),
+            spec.kind,
+            header_text,
+            complete_end,
+            lines_done,
+            rows_before + result.new_rows + result.replaced_rows,
+            size,
+        ],
     )
     return result
 

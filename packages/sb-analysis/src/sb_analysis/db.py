@@ -79,9 +79,7 @@ class DatabaseBusyError(RuntimeError):
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(BASE_TABLES)
-    con.execute(
-        "INSERT OR REPLACE INTO sb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
+    con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
 def _is_lock_error(err: Exception) -> bool:

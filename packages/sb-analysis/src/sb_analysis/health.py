@@ -17,8 +17,15 @@ import polars as pl
 
 SEVERITY_ORDER = {"bad": 0, "warn": 1, "info": 2, "ok": 3}
 FINDING_SCHEMA = {
-    "run_id": pl.String, "severity": pl.String, "rule": pl.String, "layer": pl.Int64, "step_from": pl.Int64,
-    "step_to": pl.Int64, "value": pl.Float64, "threshold": pl.Float64, "message": pl.String,
+    "run_id": pl.String,
+    "severity": pl.String,
+    "rule": pl.String,
+    "layer": pl.Int64,
+    "step_from": pl.Int64,
+    "step_to": pl.Int64,
+    "value": pl.Float64,
+    "threshold": pl.Float64,
+    "message": pl.String,
 }
 
 
@@ -42,33 +49,115 @@ class WindowRule:
 
 
 RULES: tuple[WindowRule, ...] = (
-    WindowRule("peaky", "layer", "top1_p_mean", True, lambda E: 0.8, "warn",
-               "router too confident: top1_p_mean {value:.2f} > {threshold:.2f} (risk of collapse; raise the "
-               "router temperature or noise)"),
-    WindowRule("diffuse", "layer", "top1_p_mean", False, lambda E: 1.2 / E, "info",
-               "router too diffuse: top1_p_mean {value:.3f} < 1.2/E = {threshold:.3f} (little specialisation)"),
-    WindowRule("severe_imbalance", "layer", "max_frac_mean", True, lambda E: 0.5, "bad",
-               "severe imbalance: the busiest expert takes {value:.0%} of the tokens (> {threshold:.0%})"),
-    WindowRule("imbalance", "layer", "max_frac_mean", True, lambda E: 0.35, "warn",
-               "imbalance: the busiest expert takes {value:.0%} of the tokens (sustained > {threshold:.0%}; "
-               "raise the balance loss or the temperature)"),
-    WindowRule("low_entropy", "layer", "entropy_mean", False, lambda E: 0.2 * math.log(E), "warn",
-               "router entropy {value:.2f} nats < 0.2·ln E = {threshold:.2f} (over-confident)"),
-    WindowRule("capacity", "layer", "dem_srv_gap", True, lambda E: 0.05, "warn",
-               "demanded exceeds served by {value:.3f} (capacity too tight or experts masked)"),
-    WindowRule("max_frac_max", "run", "max_frac_max", True, lambda E: 0.5, "warn",
-               "max_frac_max {value:.2f} sustained > {threshold:.2f} (some layer is badly imbalanced)"),
-    WindowRule("active_low", "run", "active_low_frac", True, lambda E: 0.10, "warn",
-               "active_min dips to 2 or fewer experts in {value:.0%} of the steps (collapse onset)"),
-    WindowRule("drops", "run", "drop_frac_mean", True, lambda E: 0.02, "warn",
-               "{value:.1%} of the assignments dropped by capacity (> {threshold:.0%})"),
-    WindowRule("clipping", "run", "clipped_frac", True, lambda E: 0.10, "warn",
-               "router gradient clipped in {value:.0%} of the steps (guide: below 5–10%)"),
-    WindowRule("low_health_score", "run", "health_score", False, lambda E: 0.5, "warn",
-               "composite router-health score {value:.2f} < {threshold:.2f}"),
+    WindowRule(
+        "peaky",
+        "layer",
+        "top1_p_mean",
+        True,
+        lambda E: 0.8,
+        "warn",
+        "router too confident: top1_p_mean {value:.2f} > {threshold:.2f} (risk of collapse; raise the "
+        "router temperature or noise)",
+    ),
+    WindowRule(
+        "diffuse",
+        "layer",
+        "top1_p_mean",
+        False,
+        lambda E: 1.2 / E,
+        "info",
+        "router too diffuse: top1_p_mean {value:.3f} < 1.2/E = {threshold:.3f} (little specialisation)",
+    ),
+    WindowRule(
+        "severe_imbalance",
+        "layer",
+        "max_frac_mean",
+        True,
+        lambda E: 0.5,
+        "bad",
+        "severe imbalance: the busiest expert takes {value:.0%} of the tokens (> {threshold:.0%})",
+    ),
+    WindowRule(
+        "imbalance",
+        "layer",
+        "max_frac_mean",
+        True,
+        lambda E: 0.35,
+        "warn",
+        "imbalance: the busiest expert takes {value:.0%} of the tokens (sustained > {threshold:.0%}; "
+        "raise the balance loss or the temperature)",
+    ),
+    WindowRule(
+        "low_entropy",
+        "layer",
+        "entropy_mean",
+        False,
+        lambda E: 0.2 * math.log(E),
+        "warn",
+        "router entropy {value:.2f} nats < 0.2·ln E = {threshold:.2f} (over-confident)",
+    ),
+    WindowRule(
+        "capacity",
+        "layer",
+        "dem_srv_gap",
+        True,
+        lambda E: 0.05,
+        "warn",
+        "demanded exceeds served by {value:.3f} (capacity too tight or experts masked)",
+    ),
+    WindowRule(
+        "max_frac_max",
+        "run",
+        "max_frac_max",
+        True,
+        lambda E: 0.5,
+        "warn",
+        "max_frac_max {value:.2f} sustained > {threshold:.2f} (some layer is badly imbalanced)",
+    ),
+    WindowRule(
+        "active_low",
+        "run",
+        "active_low_frac",
+        True,
+        lambda E: 0.10,
+        "warn",
+        "active_min dips to 2 or fewer experts in {value:.0%} of the steps (collapse onset)",
+    ),
+    WindowRule(
+        "drops",
+        "run",
+        "drop_frac_mean",
+        True,
+        lambda E: 0.02,
+        "warn",
+        "{value:.1%} of the assignments dropped by capacity (> {threshold:.0%})",
+    ),
+    WindowRule(
+        "clipping",
+        "run",
+        "clipped_frac",
+        True,
+        lambda E: 0.10,
+        "warn",
+        "router gradient clipped in {value:.0%} of the steps (guide: below 5–10%)",
+    ),
+    WindowRule(
+        "low_health_score",
+        "run",
+        "health_score",
+        False,
+        lambda E: 0.5,
+        "warn",
+        "composite router-health score {value:.2f} < {threshold:.2f}",
+    ),
 )
 UNDER_SPECIALISED = WindowRule(
-    "under_specialised", "layer", "entropy_mean", True, lambda E: 0.95 * math.log(E), "info",
+    "under_specialised",
+    "layer",
+    "entropy_mean",
+    True,
+    lambda E: 0.95 * math.log(E),
+    "info",
     "router entropy {value:.2f} nats is near ln E = {threshold:.2f} late in training (under-specialised)",
 )
 
@@ -112,15 +201,27 @@ def collapse_episodes(
             continue
         part = layer_steps[a : b + 1].filter(pl.col("collapsed_rule"))
         expert = part["top_expert"].mode().sort().to_list()
-        found.append((
-            steps[a], steps[b], b - a + 1, int(expert[0]) if expert and expert[0] is not None else -1,
-            float(part["max_frac"].mean() or float("nan")), int(part["active"].min() or 0),
-        ))
+        found.append(
+            (
+                steps[a],
+                steps[b],
+                b - a + 1,
+                int(expert[0]) if expert and expert[0] is not None else -1,
+                float(part["max_frac"].mean() or float("nan")),
+                int(part["active"].min() or 0),
+            )
+        )
     return found
 
 
-def _merge_windows(frame: pl.DataFrame, rule: WindowRule, run_id: str, layer: int | None,
-                   last_step: int, late_only: bool = False) -> list[dict]:
+def _merge_windows(
+    frame: pl.DataFrame,
+    rule: WindowRule,
+    run_id: str,
+    layer: int | None,
+    last_step: int,
+    late_only: bool = False,
+) -> list[dict]:
     findings = []
     current: dict | None = None
     windows = frame.sort("window_idx").to_dicts()
@@ -134,8 +235,12 @@ def _merge_windows(frame: pl.DataFrame, rule: WindowRule, run_id: str, layer: in
         if hit:
             value = float(row[rule.column])
             if current is None:
-                current = {"step_from": row["step_from"], "step_to": row["step_to"], "value": value,
-                           "threshold": rule.threshold(E)}
+                current = {
+                    "step_from": row["step_from"],
+                    "step_to": row["step_to"],
+                    "value": value,
+                    "threshold": rule.threshold(E),
+                }
             else:
                 current["step_to"] = row["step_to"]
                 worse = value > current["value"] if rule.above else value < current["value"]
@@ -149,12 +254,19 @@ def _merge_windows(frame: pl.DataFrame, rule: WindowRule, run_id: str, layer: in
     for f in findings:
         where = f"layer {layer}: " if layer is not None else ""
         text = rule.text.format(value=f["value"], threshold=f["threshold"])
-        out.append({
-            "run_id": run_id, "severity": rule.severity, "rule": rule.name, "layer": layer,
-            "step_from": f["step_from"], "step_to": f["step_to"], "value": f["value"],
-            "threshold": f["threshold"],
-            "message": f"{where}{text} {_fmt_steps(f['step_from'], f['step_to'], last_step)}",
-        })
+        out.append(
+            {
+                "run_id": run_id,
+                "severity": rule.severity,
+                "rule": rule.name,
+                "layer": layer,
+                "step_from": f["step_from"],
+                "step_to": f["step_to"],
+                "value": f["value"],
+                "threshold": f["threshold"],
+                "message": f"{where}{text} {_fmt_steps(f['step_from'], f['step_to'], last_step)}",
+            }
+        )
     return out
 
 
@@ -162,38 +274,60 @@ def _window_source(view: str, window: int | None) -> str:
     return f"{view}_w({int(window)})" if window else view
 
 
-def findings(con: duckdb.DuckDBPyConnection, run_id: str, window: int | None = None,
-             min_collapse_points: int = 3) -> pl.DataFrame:
+def findings(
+    con: duckdb.DuckDBPyConnection, run_id: str, window: int | None = None, min_collapse_points: int = 3
+) -> pl.DataFrame:
     """Plain-language router-health findings of one run, worst first."""
     layer_windows = con.sql(
-        f"SELECT * FROM {_window_source('router_layer_window_health', window)} WHERE run_id = ?", params=[run_id]
+        f"SELECT * FROM {_window_source('router_layer_window_health', window)} WHERE run_id = ?",
+        params=[run_id],
     ).pl()
     run_windows = con.sql(
         f"SELECT * FROM {_window_source('router_window_health', window)} WHERE run_id = ?", params=[run_id]
     ).pl()
     if run_windows.is_empty():
-        return pl.DataFrame([{
-            "run_id": run_id, "severity": "info", "rule": "no_router_data", "layer": None, "step_from": None,
-            "step_to": None, "value": None, "threshold": None,
-            "message": "no router metrics logged for this run (router.csv missing or empty)",
-        }], schema=FINDING_SCHEMA)
+        return pl.DataFrame(
+            [
+                {
+                    "run_id": run_id,
+                    "severity": "info",
+                    "rule": "no_router_data",
+                    "layer": None,
+                    "step_from": None,
+                    "step_to": None,
+                    "value": None,
+                    "threshold": None,
+                    "message": "no router metrics logged for this run (router.csv missing or empty)",
+                }
+            ],
+            schema=FINDING_SCHEMA,
+        )
     last_step = int(run_windows["step_to"].max())  # type: ignore[arg-type]
     rows: list[dict] = []
     layer_steps = con.sql(
-        "SELECT layer, step, collapsed_rule, top_expert, max_frac, active, n_experts FROM router_layer_metrics "
-        "WHERE run_id = ? ORDER BY layer, step", params=[run_id]
+        "SELECT layer, step, collapsed_rule, top_expert, max_frac, active, n_experts "
+        "FROM router_layer_metrics WHERE run_id = ? ORDER BY layer, step",
+        params=[run_id],
     ).pl()
     for (layer,), part in layer_steps.group_by(["layer"], maintain_order=True):
         E = int(part["n_experts"].max() or 8)  # type: ignore[arg-type]
         for start, end, _n, expert, max_frac, active in collapse_episodes(part, min_collapse_points):
             until = "" if end >= last_step else f" until step {end:,}, then recovered"
             onto = f" onto expert {expert}" if expert >= 0 else ""
-            rows.append({
-                "run_id": run_id, "severity": "bad", "rule": "collapse", "layer": int(layer),
-                "step_from": start, "step_to": end, "value": max_frac, "threshold": 0.9,
-                "message": f"layer {layer} collapsed{onto} from step {start:,}{until} "
-                           f"(busiest expert {max_frac:.0%} of tokens, {active} of {E} experts active)",
-            })
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "severity": "bad",
+                    "rule": "collapse",
+                    "layer": int(layer),
+                    "step_from": start,
+                    "step_to": end,
+                    "value": max_frac,
+                    "threshold": 0.9,
+                    "message": f"layer {layer} collapsed{onto} from step {start:,}{until} "
+                    f"(busiest expert {max_frac:.0%} of tokens, {active} of {E} experts active)",
+                }
+            )
     for rule in RULES:
         if rule.scope == "layer":
             for (layer,), part in layer_windows.group_by(["layer"], maintain_order=True):
@@ -207,14 +341,25 @@ def findings(con: duckdb.DuckDBPyConnection, run_id: str, window: int | None = N
     rows = [r for r in rows if not (r["rule"] == "imbalance" and (r["layer"], r["step_from"]) in severe)]
     if not rows:
         final = run_windows.sort("window_idx")[-1]
-        rows.append({
-            "run_id": run_id, "severity": "ok", "rule": "healthy", "layer": None,
-            "step_from": int(run_windows["step_from"].min()), "step_to": last_step,  # type: ignore[arg-type]
-            "value": float(final["health_score"][0]), "threshold": None,
-            "message": f"router healthy: no guide rule broken; final health score "
-                       f"{float(final['health_score'][0]):.2f}",
-        })
+        rows.append(
+            {
+                "run_id": run_id,
+                "severity": "ok",
+                "rule": "healthy",
+                "layer": None,
+                "step_from": int(run_windows["step_from"].min()),
+                "step_to": last_step,  # type: ignore[arg-type]
+                "value": float(final["health_score"][0]),
+                "threshold": None,
+                "message": f"router healthy: no guide rule broken; final health score "
+                f"{float(final['health_score'][0]):.2f}",
+            }
+        )
     frame = pl.DataFrame(rows, schema=FINDING_SCHEMA)
-    return frame.with_columns(
-        pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int32).alias("_order")
-    ).sort(["_order", "layer", "step_from"], nulls_last=True).drop("_order")
+    return (
+        frame.with_columns(
+            pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int32).alias("_order")
+        )
+        .sort(["_order", "layer", "step_from"], nulls_last=True)
+        .drop("_order")
+    )

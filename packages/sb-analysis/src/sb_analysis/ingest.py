@@ -25,7 +25,14 @@ from .logformat import (
     segment_files,
 )
 from .views import create_views
-from .wandb_ingest import WANDB_PATH, WandbReadError, WandbRun, find_wandb_files, read_api_run, read_offline_run
+from .wandb_ingest import (
+    WANDB_PATH,
+    WandbReadError,
+    WandbRun,
+    find_wandb_files,
+    read_api_run,
+    read_offline_run,
+)
 
 
 @dataclass
@@ -83,13 +90,14 @@ def _store_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any], config: dict
     existing = existing[0] if existing else None
     if existing and existing[0] != row["source"]:
         raise LogFormatError(
-            f"run id {row['run_id']!r} is already in the database from a {existing[0]} source ({existing[1]}); "
-            "pass --run-id to store this one under another id"
+            f"run id {row['run_id']!r} is already in the database from a {existing[0]} source "
+            f"({existing[1]}); pass --run-id to store this one under another id"
         )
     con.execute("DELETE FROM runs WHERE run_id = ?", [row["run_id"]])
     columns = list(row)
+    marks = ", ".join("?" for _ in columns)
     con.execute(
-        f"INSERT INTO runs ({', '.join(columns)}, ingested_at) VALUES ({', '.join('?' for _ in columns)}, now())",
+        f"INSERT INTO runs ({', '.join(columns)}, ingested_at) VALUES ({marks}, now())",
         [row[c] for c in columns],
     )
     con.execute("DELETE FROM run_config WHERE run_id = ?", [row["run_id"]])
@@ -111,17 +119,33 @@ def ingest_run_dir(con: duckdb.DuckDBPyConnection, run_dir: Path) -> RunResult:
     run_id = header["run_id"]
     state = status.get("state", "running")
     wandb = header.get("wandb") or {}
-    _store_run(con, {
-        "run_id": run_id, "source": "csv", "path": str(run_dir.resolve()), "preset": header.get("preset"),
-        "config_hash": header.get("config_hash"), "config": _json_or_none(header.get("config")),
-        "created_at": _timestamp(header.get("created_at")), "git_sha": header.get("git_sha"),
-        "host": header.get("host"), "world_size": header.get("world_size"), "device": header.get("device"),
-        "num_layers": header.get("num_layers"), "num_experts": header.get("num_experts"),
-        "top_k": header.get("top_k"), "tokens_per_step": header.get("tokens_per_step"),
-        "total_steps": header.get("total_steps"), "state": state, "status": _json_or_none(status),
-        "wandb_run_id": wandb.get("run_id"), "wandb_project": wandb.get("project"),
-        "format_version": header.get("format_version"),
-    }, header.get("config") or {})
+    _store_run(
+        con,
+        {
+            "run_id": run_id,
+            "source": "csv",
+            "path": str(run_dir.resolve()),
+            "preset": header.get("preset"),
+            "config_hash": header.get("config_hash"),
+            "config": _json_or_none(header.get("config")),
+            "created_at": _timestamp(header.get("created_at")),
+            "git_sha": header.get("git_sha"),
+            "host": header.get("host"),
+            "world_size": header.get("world_size"),
+            "device": header.get("device"),
+            "num_layers": header.get("num_layers"),
+            "num_experts": header.get("num_experts"),
+            "top_k": header.get("top_k"),
+            "tokens_per_step": header.get("tokens_per_step"),
+            "total_steps": header.get("total_steps"),
+            "state": state,
+            "status": _json_or_none(status),
+            "wandb_run_id": wandb.get("run_id"),
+            "wandb_project": wandb.get("project"),
+            "format_version": header.get("format_version"),
+        },
+        header.get("config") or {},
+    )
     result = RunResult(run_id, "csv", str(run_dir))
     finished = state != "running"
     for spec in TABLES.values():
@@ -140,17 +164,22 @@ def ingest_run_dir(con: duckdb.DuckDBPyConnection, run_dir: Path) -> RunResult:
     return result
 
 
-def _store_frame(con: duckdb.DuckDBPyConnection, table: str, run_id: str, frame: Any, key: Sequence[str]) -> tuple[int, int]:
+def _store_frame(
+    con: duckdb.DuckDBPyConnection, table: str, run_id: str, frame: Any, key: Sequence[str]
+) -> tuple[int, int]:
     if frame.is_empty():
         return 0, 0
     con.register("_sb_frame", frame)
     try:
         types = {
-            name: typ for name, typ in con.execute("DESCRIBE SELECT * FROM _sb_frame").fetchall()
-            if name not in ("load", "demand", "importance")
+            row[0]: row[1]
+            for row in con.execute("DESCRIBE SELECT * FROM _sb_frame").fetchall()
+            if row[0] not in ("load", "demand", "importance")
         }
         ensure_columns(con, table, types)
-        con.execute("CREATE OR REPLACE TEMP TABLE _sb_new AS SELECT ?::VARCHAR AS run_id, * FROM _sb_frame", [run_id])
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _sb_new AS SELECT ?::VARCHAR AS run_id, * FROM _sb_frame", [run_id]
+        )
     finally:
         con.unregister("_sb_frame")
     result = upsert_staged(con, table, "_sb_new", run_id, key)
@@ -164,17 +193,34 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
     n_experts = config.get("num_experts") or config.get("n_experts")
     if n_experts is None and "load" in run.router.columns:
         n_experts = run.router["load"].list.len().max()
-    _store_run(con, {
-        "run_id": run_id, "source": run.source, "path": run.path, "preset": config.get("preset"),
-        "config_hash": None, "config": _json_or_none(config), "created_at": _timestamp(run.created_at),
-        "host": run.host, "num_layers": config.get("num_layers"), "num_experts": n_experts,
-        "top_k": config.get("topk") or config.get("top_k"),
-        "total_steps": config.get("num_iterations") or config.get("total_steps"), "state": run.state,
-        "status": _json_or_none({"state": run.state, "summary": run.summary}),
-        "wandb_run_id": run.wandb_id, "wandb_project": run.project, "format_version": None,
-    }, config)
+    _store_run(
+        con,
+        {
+            "run_id": run_id,
+            "source": run.source,
+            "path": run.path,
+            "preset": config.get("preset"),
+            "config_hash": None,
+            "config": _json_or_none(config),
+            "created_at": _timestamp(run.created_at),
+            "host": run.host,
+            "num_layers": config.get("num_layers"),
+            "num_experts": n_experts,
+            "top_k": config.get("topk") or config.get("top_k"),
+            "total_steps": config.get("num_iterations") or config.get("total_steps"),
+            "state": run.state,
+            "status": _json_or_none({"state": run.state, "summary": run.summary}),
+            "wandb_run_id": run.wandb_id,
+            "wandb_project": run.project,
+            "format_version": None,
+        },
+        config,
+    )
     result = RunResult(run_id, run.source, run.path, warnings=list(run.warnings))
-    for table, frame, key in (("steps", run.steps, ("step",)), ("router_layers", run.router, ("step", "layer"))):
+    for table, frame, key in (
+        ("steps", run.steps, ("step",)),
+        ("router_layers", run.router, ("step", "layer")),
+    ):
         new, replaced = _store_frame(con, table, run_id, frame, key)
         result.new_rows[table] = new
         result.replaced_rows[table] = replaced
@@ -199,13 +245,22 @@ def expand_sources(targets: Iterable[str]) -> list[tuple[str, str]]:
                 if children:
                     sources.extend(("csv", str(p)) for p in children)
                     continue
-            sources.append(("error", f"{target}: not a run directory (no {RUN_FILE}), not a directory of "
-                                     "run directories, and no W&B run-*.wandb file inside"))
+            sources.append(
+                (
+                    "error",
+                    f"{target}: not a run directory (no {RUN_FILE}), not a directory of "
+                    "run directories, and no W&B run-*.wandb file inside",
+                )
+            )
         elif WANDB_PATH.match(target):
             sources.append(("api", target))
         else:
-            sources.append(("error", f"{target}: no such file or directory (a W&B run is given as "
-                                     "entity/project/run_id)"))
+            sources.append(
+                (
+                    "error",
+                    f"{target}: no such file or directory (a W&B run is given as entity/project/run_id)",
+                )
+            )
     return sources
 
 
@@ -218,7 +273,7 @@ def ingest(
     in_place: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """Load run directories / W&B runs into `db` (created if missing). Safe to repeat: only new rows are added.
+    """Load run directories / W&B runs into `db` (created if missing); repeatable, only new rows are added.
 
     The database is updated as a whole: the ingest writes a copy that replaces the file only when it
     succeeded, so readers are never blocked and a failed ingest changes nothing.
@@ -240,8 +295,6 @@ def ingest(
                     result = ingest_wandb_run(con, read_api_run(path, api=wandb_api), run_id)
             except (LogFormatError, WandbReadError, OSError, duckdb.Error) as err:
                 report.failures.append((path, str(err)))
-                if progress:
-                    progress(f"FAILED {path}: {err}")
                 continue
             if result.errors:
                 con.executemany(
@@ -250,8 +303,10 @@ def ingest(
                 )
                 con.executemany(
                     "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-                    [(result.run_id, e.path, e.line, e.column, e.error_type, e.message, e.raw_line)
-                     for e in result.errors],
+                    [
+                        (result.run_id, e.path, e.line, e.column, e.error_type, e.message, e.raw_line)
+                        for e in result.errors
+                    ],
                 )
             report.runs.append(result)
             if progress:

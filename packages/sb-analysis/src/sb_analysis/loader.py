@@ -43,9 +43,7 @@ def upsert_staged(
     key = list(key)
     key_sql = ", ".join(quote_ident(k) for k in key)
     con.execute(f"DELETE FROM {staged} WHERE " + " OR ".join(f"{quote_ident(k)} IS NULL" for k in key))
-    total, distinct = con.execute(
-        f"SELECT count(*), count(DISTINCT ({key_sql})) FROM {staged}"
-    ).fetchall()[0]
+    total, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key_sql})) FROM {staged}").fetchall()[0]
     if total == 0:
         return 0, 0
     if distinct != total:

@@ -93,10 +93,16 @@ class TableSpec:
 
 TABLES: dict[str, TableSpec] = {
     "scalars": TableSpec("scalars", "scalars", SCALARS_COLUMNS, ("step", "time_ms"), ("step",), "steps"),
-    "router": TableSpec("router", "router", ROUTER_COLUMNS, ("step", "layer"), ("step", "layer"), "router_layers"),
+    "router": TableSpec(
+        "router", "router", ROUTER_COLUMNS, ("step", "layer"), ("step", "layer"), "router_layers"
+    ),
     "domains": TableSpec(
-        "domains", "domains", DOMAIN_COLUMNS, ("step", "layer", "domain", "expert", "tokens"),
-        ("step", "layer", "domain", "expert"), "domain_load",
+        "domains",
+        "domains",
+        DOMAIN_COLUMNS,
+        ("step", "layer", "domain", "expert", "tokens"),
+        ("step", "layer", "domain", "expert"),
+        "domain_load",
     ),
 }
 
@@ -166,7 +172,9 @@ def read_json_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise LogFormatError(f"{path}: not valid JSON ({err}); the writer must replace it atomically") from err
+        raise LogFormatError(
+            f"{path}: not valid JSON ({err}); the writer must replace it atomically"
+        ) from err
     if not isinstance(data, dict):
         raise LogFormatError(f"{path}: expected a JSON object")
     return data

@@ -26,6 +26,7 @@ def run_shell(db: RunDB, limit: int = 50, stdin=None) -> int:
     interactive = stream.isatty()
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
+
         print(f"sb-analysis shell on {db.path} (read-only). .help for commands.")
     buffer: list[str] = []
     while True:
@@ -50,11 +51,22 @@ def run_shell(db: RunDB, limit: int = 50, stdin=None) -> int:
             if command == ".help":
                 print(HELP.format(limit=limit))
             elif command == ".tables":
-                print_frame(db.sql("SELECT table_name AS name, table_type AS type FROM information_schema.tables "
-                                   "WHERE table_schema = 'main' ORDER BY table_type, table_name"), 1000)
+                print_frame(
+                    db.sql(
+                        "SELECT table_name AS name, table_type AS type FROM information_schema.tables "
+                        "WHERE table_schema = 'main' ORDER BY table_type, table_name"
+                    ),
+                    1000,
+                )
             elif command == ".schema" and len(parts) == 2:
-                print_frame(db.sql("SELECT column_name, data_type FROM information_schema.columns "
-                                   "WHERE table_name = ? ORDER BY ordinal_position", [parts[1]]), 1000)
+                print_frame(
+                    db.sql(
+                        "SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_name = ? ORDER BY ordinal_position",
+                        [parts[1]],
+                    ),
+                    1000,
+                )
             elif command == ".limit" and len(parts) == 2 and parts[1].isdigit():
                 limit = int(parts[1])
             else:

@@ -102,8 +102,19 @@ def _layer_row(spec: SyntheticRun, rng: random.Random, step: int, layer: int) ->
 
 def router_columns(num_experts: int) -> list[str]:
     base = [
-        "step", "layer", "tokens", "imp_cv2", "load_cv2", "usage_frac", "topk_prob_mean", "imp_entropy",
-        "load_entropy", "entropy_mean", "max_logit", "aux_loss", "drop_frac",
+        "step",
+        "layer",
+        "tokens",
+        "imp_cv2",
+        "load_cv2",
+        "usage_frac",
+        "topk_prob_mean",
+        "imp_entropy",
+        "load_entropy",
+        "entropy_mean",
+        "max_logit",
+        "aux_loss",
+        "drop_frac",
     ]
     for family in ("load", "demand", "importance"):
         base += [f"{family}_e{i}" for i in range(num_experts)]
@@ -112,10 +123,31 @@ def router_columns(num_experts: int) -> list[str]:
 
 def scalar_columns(extra_metrics: int = 0) -> list[str]:
     cols = [
-        "step", "time_ms", "wall_time", "tokens", "loss", "loss_main", "loss_aux", "val_loss", "val_tokens",
-        "lr_embed", "lr_attn", "lr_router", "momentum", "router_temp", "logit_cap", "window_blocks",
-        "active_experts", "router_grad_norm", "router_clip", "router_clipped", "router_imp_cv2",
-        "router_load_cv2", "router_usage_frac", "router_topk_prob_mean", "router_max_logit",
+        "step",
+        "time_ms",
+        "wall_time",
+        "tokens",
+        "loss",
+        "loss_main",
+        "loss_aux",
+        "val_loss",
+        "val_tokens",
+        "lr_embed",
+        "lr_attn",
+        "lr_router",
+        "momentum",
+        "router_temp",
+        "logit_cap",
+        "window_blocks",
+        "active_experts",
+        "router_grad_norm",
+        "router_clip",
+        "router_clipped",
+        "router_imp_cv2",
+        "router_load_cv2",
+        "router_usage_frac",
+        "router_topk_prob_mean",
+        "router_max_logit",
     ]
     return cols + [f"metric_{i:03d}" for i in range(extra_metrics)]
 
@@ -134,9 +166,16 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
         "router": {"temp_init": 1.5, "balance": "aux"},
     }
     writer = RunLogWriter(
-        run_dir, spec.run_id, config, preset=spec.preset, num_layers=spec.num_layers,
-        num_experts=spec.num_experts, tokens_per_step=spec.tokens_per_step, total_steps=spec.steps,
-        scalar_columns=scalar_columns(spec.extra_metrics), router_columns=router_columns(spec.num_experts),
+        run_dir,
+        spec.run_id,
+        config,
+        preset=spec.preset,
+        num_layers=spec.num_layers,
+        num_experts=spec.num_experts,
+        tokens_per_step=spec.tokens_per_step,
+        total_steps=spec.steps,
+        scalar_columns=scalar_columns(spec.extra_metrics),
+        router_columns=router_columns(spec.num_experts),
         domain_columns=["step", "layer", "domain", "expert", "tokens"] if spec.domains else None,
     )
     time_ms = 0.0
@@ -167,22 +206,24 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
         }
         if train:
             clipped = rng.random() < spec.clipped_frac
-            scalars.update({
-                "loss": base + 0.05 * rng.gauss(0, 1),
-                "loss_main": base - 0.01,
-                "loss_aux": 0.01 * spec.num_layers,
-                "lr_embed": 0.3 * lr_mult,
-                "lr_attn": 0.05 * lr_mult,
-                "lr_router": 0.01 * lr_mult,
-                "momentum": min(0.95, 0.85 + 0.1 * step / 300),
-                "router_temp": 1.5 - 0.5 * progress,
-                "logit_cap": 13.757,
-                "window_blocks": 3 + int(10 * progress),
-                "active_experts": spec.num_experts,
-                "router_grad_norm": 0.5 + rng.random(),
-                "router_clip": 1.2,
-                "router_clipped": int(clipped),
-            })
+            scalars.update(
+                {
+                    "loss": base + 0.05 * rng.gauss(0, 1),
+                    "loss_main": base - 0.01,
+                    "loss_aux": 0.01 * spec.num_layers,
+                    "lr_embed": 0.3 * lr_mult,
+                    "lr_attn": 0.05 * lr_mult,
+                    "lr_router": 0.01 * lr_mult,
+                    "momentum": min(0.95, 0.85 + 0.1 * step / 300),
+                    "router_temp": 1.5 - 0.5 * progress,
+                    "logit_cap": 13.757,
+                    "window_blocks": 3 + int(10 * progress),
+                    "active_experts": spec.num_experts,
+                    "router_grad_norm": 0.5 + rng.random(),
+                    "router_clip": 1.2,
+                    "router_clipped": int(clipped),
+                }
+            )
             if router_rows:
                 for key in ("imp_cv2", "load_cv2", "usage_frac", "topk_prob_mean", "max_logit"):
                     scalars[f"router_{key}"] = sum(r[key] for r in router_rows) / len(router_rows)
@@ -194,15 +235,25 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
                 for d, domain in enumerate(DOMAINS):
                     for expert in range(spec.num_experts):
                         favoured = expert % len(DOMAINS) == d
-                        domain_rows.append({
-                            "step": step, "layer": layer, "domain": domain, "expert": expert,
-                            "tokens": int((900 if favoured else 100) * (1 + 0.1 * rng.random())),
-                        })
+                        domain_rows.append(
+                            {
+                                "step": step,
+                                "layer": layer,
+                                "domain": domain,
+                                "expert": expert,
+                                "tokens": int((900 if favoured else 100) * (1 + 0.1 * rng.random())),
+                            }
+                        )
         writer.log_step(scalars, router_rows, domain_rows)
     state = "finished" if spec.finished else "running"
     writer.write_status(
-        state, last_step, time_ms, final_val_loss=val_loss if spec.finished else None,
-        best_val_loss=best, abort_reason=None, error=None,
+        state,
+        last_step,
+        time_ms,
+        final_val_loss=val_loss if spec.finished else None,
+        best_val_loss=best,
+        abort_reason=None,
+        error=None,
     )
     writer.close()
     return run_dir

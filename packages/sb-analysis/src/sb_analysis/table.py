@@ -10,8 +10,13 @@ import polars as pl
 def print_frame(frame: pl.DataFrame, limit: int = 50) -> None:
     """Print as an aligned table; says how many rows were left out."""
     with pl.Config(
-        tbl_rows=limit, tbl_cols=-1, tbl_width_chars=10_000, fmt_str_lengths=80,
-        tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_formatting="ASCII_MARKDOWN",
+        tbl_rows=limit,
+        tbl_cols=-1,
+        tbl_width_chars=10_000,
+        fmt_str_lengths=80,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        tbl_formatting="ASCII_MARKDOWN",
         float_precision=None,
     ):
         print(frame.head(limit))
@@ -27,8 +32,11 @@ def write_frame(frame: pl.DataFrame, out: str) -> None:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         frame_out = frame.with_columns(
-            [pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(";") for c, t in frame.schema.items()
-             if isinstance(t, pl.List)]
+            [
+                pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(";")
+                for c, t in frame.schema.items()
+                if isinstance(t, pl.List)
+            ]
         )
         frame_out.write_csv(path)
     elif suffix in (".parquet", ".pq"):

@@ -126,7 +126,8 @@ def run_window_sql(window: str) -> str:
 
 def layer_window_sql(window: str) -> str:
     return f"""
-    SELECT m.run_id, layer, {_window_expr(window)} AS window_idx, min(step) AS step_from, max(step) AS step_to,
+    SELECT m.run_id, layer, {_window_expr(window)} AS window_idx,
+        min(step) AS step_from, max(step) AS step_to,
         count(*) AS n_steps,
         avg(topk_prob_mean) AS top1_p_mean, avg(max_frac) AS max_frac_mean, max(max_frac) AS max_frac_peak,
         avg(entropy_mean) AS entropy_mean, min(active) AS active_min,
@@ -195,9 +196,21 @@ SELECT r.run_id, r.source, r.preset, r.state, r.num_layers, r.num_experts, r.tot
 FROM runs r LEFT JOIN s USING (run_id) LEFT JOIN run_health h USING (run_id)
 """
 
+
 def _views_fingerprint() -> str:
-    text = "".join([MACROS, ROUTER_LAYER_METRICS, ROUTER_STEP_HEALTH, ROUTER_EXPERTS, RUN_HEALTH, RUN_SUMMARY,
-                    DOMAIN_VIEWS_SQL, run_window_sql("w"), layer_window_sql("w")])
+    text = "".join(
+        [
+            MACROS,
+            ROUTER_LAYER_METRICS,
+            ROUTER_STEP_HEALTH,
+            ROUTER_EXPERTS,
+            RUN_HEALTH,
+            RUN_SUMMARY,
+            DOMAIN_VIEWS_SQL,
+            run_window_sql("w"),
+            layer_window_sql("w"),
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

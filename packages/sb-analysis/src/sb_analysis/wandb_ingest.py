@@ -97,8 +97,14 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        special = {"NaN": math.nan, "nan": math.nan, "Infinity": math.inf, "inf": math.inf,
-                   "-Infinity": -math.inf, "-inf": -math.inf}
+        special = {
+            "NaN": math.nan,
+            "nan": math.nan,
+            "Infinity": math.inf,
+            "inf": math.inf,
+            "-Infinity": -math.inf,
+            "-inf": -math.inf,
+        }
         return special.get(value)
     return None
 
@@ -158,8 +164,10 @@ def _typed_frame(rows: list[dict[str, Any]], declared: Mapping[str, str]) -> pl.
     data = {name: [row.get(name) for row in rows] for name in names}
     ints = {name for name, typ in schema.items() if typ in (pl.Int64, pl.Int32)}
     for name in ints:
-        data[name] = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else int(v)
-                      for v in data[name]]
+        data[name] = [
+            None if v is None or (isinstance(v, float) and not math.isfinite(v)) else int(v)
+            for v in data[name]
+        ]
     return pl.DataFrame(data, schema=schema).sort([c for c in ("step", "layer") if c in schema])
 
 
@@ -196,8 +204,16 @@ def inspect_command(wandb_file: Path) -> list[str]:
     """The command that prints the records of a `.wandb` file as JSON lines."""
     core = os.environ.get("SB_ANALYSIS_WANDB_CORE") or _core_binary()
     if core:
-        return [core, "leet", "inspect", "--no-observability", "--json",
-                "--run-file", str(wandb_file), str(wandb_file.parent.parent)]
+        return [
+            core,
+            "leet",
+            "inspect",
+            "--no-observability",
+            "--json",
+            "--run-file",
+            str(wandb_file),
+            str(wandb_file.parent.parent),
+        ]
     cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
     return [cli, "leet", "inspect", "--json", str(wandb_file)]
 
@@ -206,8 +222,14 @@ def read_records(wandb_file: Path, timeout_s: float = 300.0) -> tuple[list[dict[
     """All complete records of a `.wandb` file (a truncated file gives its complete prefix) + stderr."""
     command = inspect_command(wandb_file)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False,
-                              env={**os.environ, "WANDB_SILENT": "true"})
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env={**os.environ, "WANDB_SILENT": "true"},
+        )
     except FileNotFoundError as err:
         raise WandbReadError(
             f"cannot run {command[0]!r} to read {wandb_file}; install wandb>=0.31 (it ships `wandb leet`)"
@@ -224,7 +246,9 @@ def read_records(wandb_file: Path, timeout_s: float = 300.0) -> tuple[list[dict[
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise WandbReadError(f"{wandb_file}: record {number} of the inspector output is not JSON") from None
+            raise WandbReadError(
+                f"{wandb_file}: record {number} of the inspector output is not JSON"
+            ) from None
     return records, proc.stderr
 
 
@@ -261,9 +285,18 @@ def read_offline_run(wandb_file: Path) -> WandbRun:
     state = "running" if exit_code is None else ("finished" if exit_code == 0 else "failed")
     warnings = [line for line in stderr.splitlines() if line.strip()]
     return WandbRun(
-        wandb_id=str(meta.get("run_id")), project=meta.get("project"), entity=meta.get("entity"),
-        config=config, state=state, created_at=meta.get("start_time"), host=meta.get("host"),
-        source="wandb-offline", path=str(wandb_file), steps=steps, router=router, summary=summary,
+        wandb_id=str(meta.get("run_id")),
+        project=meta.get("project"),
+        entity=meta.get("entity"),
+        config=config,
+        state=state,
+        created_at=meta.get("start_time"),
+        host=meta.get("host"),
+        source="wandb-offline",
+        path=str(wandb_file),
+        steps=steps,
+        router=router,
+        summary=summary,
         warnings=warnings,
     )
 
@@ -294,8 +327,16 @@ def read_api_run(path: str, api: Any = None, page_size: int = 1000) -> WandbRun:
     steps, router = history_to_frames(history)
     config = {k: v for k, v in dict(run.config).items() if k != "_wandb"}
     return WandbRun(
-        wandb_id=str(run.id), project=getattr(run, "project", None), entity=getattr(run, "entity", None),
-        config=config, state=str(getattr(run, "state", "unknown")), created_at=getattr(run, "created_at", None),
-        host=None, source="wandb-api", path=path, steps=steps, router=router,
+        wandb_id=str(run.id),
+        project=getattr(run, "project", None),
+        entity=getattr(run, "entity", None),
+        config=config,
+        state=str(getattr(run, "state", "unknown")),
+        created_at=getattr(run, "created_at", None),
+        host=None,
+        source="wandb-api",
+        path=path,
+        steps=steps,
+        router=router,
         summary=dict(getattr(run, "summary", {}) or {}),
     )
