@@ -1,11 +1,13 @@
 import json
 
+import pytest
 import torch.multiprocessing as mp
 from sbdata_helpers import gloo_loader_worker, write_stream_shards
 
 from sb_data.loader import DistributedTokenLoader
 
 
+@pytest.mark.timeout(180)
 def test_two_gloo_ranks_read_disjoint_data(tmp_path):
     files = [str(p) for p in write_stream_shards(tmp_path / "data", [23, 30])]
     out = tmp_path / "gathered.json"

@@ -140,6 +140,15 @@ def test_parquet_missing_column(tmp_path):
         prepare([tmp_path / "t.parquet"], tmp_path / "out", tokenizer="bytes")
 
 
+def test_output_folder_inside_the_inputs_is_not_read_back(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(real_texts(1)[0])
+    for _ in range(2):
+        s = prepare([corpus], corpus / "shards", tokenizer="bytes", val_docs=0, overwrite=True)
+        assert s.inputs == [str(corpus / "a.txt")] and s.documents["train"] == 1
+
+
 def test_existing_outputs_need_overwrite(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     prepare([tmp_path / "a.txt"], tmp_path / "out", tokenizer="bytes")

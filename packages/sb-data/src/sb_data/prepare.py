@@ -25,11 +25,19 @@ from tqdm.auto import tqdm
 
 from sb_data.atomic import atomic_write
 from sb_data.format import TOKEN_DTYPES, choose_version, write_shard
-from sb_data.sources import Document, expand_inputs, read_documents, total_input_bytes
+from sb_data.sources import Document, DocumentSourceError, expand_inputs, read_documents, total_input_bytes
 from sb_data.tokenizers import DocumentEncodingError, Tokenizer, get_tokenizer
 
 SPLITS = ("val", "train")
 _MASK64 = (1 << 64) - 1
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity / container limits where visible)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def shard_name(prefix: str, split: str, index: int) -> str:
@@ -219,8 +227,11 @@ def prepare(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     tok = get_tokenizer(tokenizer, bpe_dir=bpe_dir) if isinstance(tokenizer, str) else tokenizer
     rule = ValidationRule(fraction=val_fraction, docs=val_docs, seed=seed)
-    files = expand_inputs(inputs)
     out = Path(out_dir)
+    # Never read our own output back as input (e.g. `prepare corpus/ -o corpus/shards`).
+    files = [p for p in expand_inputs(inputs) if not p.resolve().is_relative_to(out.resolve())]
+    if not files:
+        raise DocumentSourceError(f"every input lies inside the output folder {out}")
     out.mkdir(parents=True, exist_ok=True)
     existing = _existing_outputs(out, prefix)
     if existing:
@@ -251,7 +262,7 @@ def prepare(
         shard_size=shard_size,
         inputs=[str(p) for p in files],
     )
-    n_workers = max(1, workers or os.cpu_count() or 1)
+    n_workers = max(1, workers or available_cores())
     documents = (doc for path in files for doc in read_documents(path, text_field=text_field))
     bar = tqdm(
         total=total_input_bytes(files),

@@ -100,8 +100,16 @@ def _read_text(path: Path) -> Iterator[Document]:
 
 
 def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
+    compressed = path.name.lower().endswith(".gz")
     with _open_binary(path) as f:
+        raw = f.fileobj if compressed else None  # progress counts bytes of the file on disk
+        consumed = 0
         for lineno, line in enumerate(f, start=1):
+            if raw is not None:
+                position = raw.tell()
+                step, consumed = position - consumed, position
+            else:
+                step = len(line)
             if not line.strip():
                 continue
             try:
@@ -124,7 +132,7 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
                 raise DocumentSourceError(
                     f"{path}:{lineno}: field {field!r} holds {type(text).__name__}, not a string"
                 )
-            yield Document(text, f"{path}:{lineno}", len(line))
+            yield Document(text, f"{path}:{lineno}", step)
 
 
 def _read_parquet(path: Path, column: str, batch_rows: int = 2048) -> Iterator[Document]:
