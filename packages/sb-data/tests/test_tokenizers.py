@@ -81,3 +81,27 @@ def test_bytes_tokenizer():
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="unknown tokenizer 'gpt5'"):
         get_tokenizer("gpt5")
+
+
+def test_gpt2_encoding_releases_the_gil(gpt2):
+    """The writer's thread pool uses every core only if encode() runs without the GIL: then calls from
+    two threads overlap in time (a call holding the GIL could never be interleaved with another)."""
+    import threading
+    import time
+
+    text = real_texts(1)[0] * 30
+    spans: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+
+    def work(i):
+        for _ in range(2):
+            t0 = time.perf_counter()
+            gpt2.encode(text)
+            spans[i].append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    overlap = sum(max(0.0, min(b, d) - max(a, c)) for a, b in spans[0] for c, d in spans[1])
+    assert overlap > 0
