@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, quote_ident, upsert_staged
 from .logformat import EXPERT_COLUMN, EXPERT_FAMILIES, LogFormatError, TableSpec, column_types, expert_counts
 
@@ -177,7 +178,9 @@ def load_table_file(
                     remaining -= len(chunk)
             source = tmp_path
         try:
-            _stage_and_upsert(con, run_id, source, spec, types, select, needed, result, lines_before - 1)
+            _stage_and_upsert(
+                con, run_id, source, spec, types, select, needed, result, lines_before - 1, n_experts
+            )
         finally:
             if tmp_path:
                 Path(tmp_path).unlink(missing_ok=True)
@@ -211,6 +214,7 @@ def _stage_and_upsert(
     needed: dict[str, str],
     result: FileResult,
     line_offset: int,
+    n_experts: int | None,
 ) -> None:
     columns_sql = "{" + ", ".join(f"'{name}': '{typ}'" for name, typ in types.items()) + "}"
     con.execute("DROP TABLE IF EXISTS _sb_rejects")
@@ -236,8 +240,12 @@ def _stage_and_upsert(
         result.errors.append(
             RowError(result.path, None, "EMPTY KEY", f"{null_keys} row(s) with an empty {'/'.join(spec.key)}")
         )
+    if spec.kind == "router":
+        derive_layers(con, "_sb_new", n_experts)
     ensure_columns(con, spec.db_table, needed)
     new, replaced = upsert_staged(con, spec.db_table, "_sb_new", run_id, spec.key)
+    if spec.kind == "router":
+        refresh_router_steps(con, run_id, "_sb_new")
     result.new_rows += new
     result.replaced_rows += replaced
     con.execute("DROP TABLE IF EXISTS _sb_new")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from .derive import create_router_tables
 from .logformat import ROUTER_COLUMNS, SCALARS_COLUMNS
 
 DEFAULT_DB = "runs.duckdb"
@@ -79,6 +80,7 @@ class DatabaseBusyError(RuntimeError):
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(BASE_TABLES)
+    create_router_tables(con)
     con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 

@@ -14,6 +14,7 @@ import duckdb
 
 from .csv_ingest import FileResult, RowError, load_table_file
 from .db import DEFAULT_DB, writable_copy
+from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, upsert_staged
 from .logformat import (
     RUN_FILE,
@@ -24,7 +25,7 @@ from .logformat import (
     read_status,
     segment_files,
 )
-from .views import create_views
+from .views import create_views, refresh_config_view, refresh_run_health
 from .wandb_ingest import (
     WANDB_PATH,
     WandbReadError,
@@ -165,7 +166,12 @@ def ingest_run_dir(con: duckdb.DuckDBPyConnection, run_dir: Path) -> RunResult:
 
 
 def _store_frame(
-    con: duckdb.DuckDBPyConnection, table: str, run_id: str, frame: Any, key: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    run_id: str,
+    frame: Any,
+    key: Sequence[str],
+    n_experts: int | None = None,
 ) -> tuple[int, int]:
     if frame.is_empty():
         return 0, 0
@@ -182,7 +188,11 @@ def _store_frame(
         )
     finally:
         con.unregister("_sb_frame")
+    if table == "router_layers":
+        derive_layers(con, "_sb_new", n_experts)
     result = upsert_staged(con, table, "_sb_new", run_id, key)
+    if table == "router_layers":
+        refresh_router_steps(con, run_id, "_sb_new")
     con.execute("DROP TABLE IF EXISTS _sb_new")
     return result
 
@@ -192,7 +202,7 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
     config = run.config
     n_experts = config.get("num_experts") or config.get("n_experts")
     if n_experts is None and "load" in run.router.columns:
-        n_experts = run.router["load"].list.len().max()
+        n_experts = int(run.router["load"].list.len().max())  # type: ignore[arg-type]
     _store_run(
         con,
         {
@@ -221,7 +231,7 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
         ("steps", run.steps, ("step",)),
         ("router_layers", run.router, ("step", "layer")),
     ):
-        new, replaced = _store_frame(con, table, run_id, frame, key)
+        new, replaced = _store_frame(con, table, run_id, frame, key, n_experts)
         result.new_rows[table] = new
         result.replaced_rows[table] = replaced
     return result
@@ -283,6 +293,7 @@ def ingest(
     if run_id and len(sources) != 1:
         raise ValueError("--run-id needs exactly one run to ingest")
     with writable_copy(db, in_place=in_place) as con:
+        create_views(con)
         for kind, path in sources:
             try:
                 if kind == "error":
@@ -308,6 +319,7 @@ def ingest(
                         for e in result.errors
                     ],
                 )
+            refresh_run_health(con, result.run_id)
             report.runs.append(result)
             if progress:
                 progress(result.line())
@@ -315,5 +327,5 @@ def ingest(
                     progress(f"  bad row: {err}")
                 for warning in result.warnings:
                     progress(f"  note: {warning}")
-        create_views(con)
+        refresh_config_view(con)
     return report

@@ -11,85 +11,18 @@ import json
 
 import duckdb
 
-COLLAPSE_MAX_FRAC = 0.90
-COLLAPSE_ACTIVE_MAX = 1
+from .derive import MACROS, rebuild_all
+
 WINDOWS_PER_RUN = 10
 
-MACROS = """
-CREATE OR REPLACE MACRO sb_nz(x) AS CASE WHEN x IS NULL OR isnan(x) THEN 0.0 ELSE x END;
-CREATE OR REPLACE MACRO sb_entropy_gap(a, h) AS
-    CASE WHEN a > 1 THEN greatest(0.0, abs(ln(a) - h) / ln(a)) END;
-CREATE OR REPLACE MACRO sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, a, e) AS
-    0.8 * sb_nz(imp_cv2 / a) + 0.9 * sb_nz(load_cv2 / a)
-    + 0.5 * sb_nz(sb_entropy_gap(a, load_entropy)) + 0.2 * sb_nz(sb_entropy_gap(a, imp_entropy))
-    + 1.25 * sb_nz(abs(usage_frac - least(1.0, a / e)));
-"""
-
-ROUTER_LAYER_METRICS = f"""
+ROUTER_LAYER_METRICS = """
 CREATE OR REPLACE VIEW router_layer_metrics AS
-WITH base AS (
-    SELECT r.*,
-        coalesce(ru.num_experts, len(r.load), len(r.importance)) AS n_experts,
-        list_max(r.load) AS max_frac,
-        list_position(r.load, list_max(r.load)) - 1 AS top_expert,
-        len(list_filter(r.load, lambda x: x > 0)) AS n_loaded,
-        list_max(r.demand) AS frac_dem_max,
-        list_sum(r.importance) AS imp_total
-    FROM router_layers r LEFT JOIN runs ru USING (run_id)
-), filled AS (
-    SELECT * REPLACE (
-        coalesce(imp_cv2, list_aggregate(importance, 'var_pop') / pow(list_avg(importance), 2)) AS imp_cv2,
-        coalesce(load_cv2, list_aggregate(load, 'var_pop') / pow(list_avg(load), 2)) AS load_cv2,
-        coalesce(usage_frac, n_loaded / n_experts) AS usage_frac,
-        coalesce(load_entropy,
-            -list_sum(list_transform(load, lambda x: CASE WHEN x > 0 THEN x * ln(x) ELSE 0.0 END)))
-            AS load_entropy,
-        coalesce(imp_entropy, -list_sum(list_transform(importance,
-            lambda x: CASE WHEN x > 0 THEN (x / imp_total) * ln(x / imp_total) ELSE 0.0 END)))
-            AS imp_entropy),
-        coalesce(n_loaded, round(usage_frac * n_experts)::INTEGER) AS active
-    FROM base
-)
-SELECT * EXCLUDE (n_loaded, imp_total),
-    max_frac AS frac_srv_max,
-    (max_frac >= {COLLAPSE_MAX_FRAC} OR active <= {COLLAPSE_ACTIVE_MAX}) AS collapsed_rule,
-    sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac,
-        greatest(active, 1), n_experts) AS health_penalty,
-    1.0 / (1.0 + sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac,
-        greatest(active, 1), n_experts)) AS health_score
-FROM filled
+SELECT *, max_frac AS frac_srv_max FROM router_layers
 """
 
-ROUTER_STEP_HEALTH = f"""
+ROUTER_STEP_HEALTH = """
 CREATE OR REPLACE VIEW router_step_health AS
-WITH agg AS (
-    SELECT run_id, step,
-        count(*) AS n_layers,
-        any_value(n_experts) AS n_experts,
-        avg(topk_prob_mean) AS top1_p_mean,
-        avg(max_frac) AS max_frac_mean,
-        max(max_frac) AS max_frac_max,
-        avg(frac_srv_max) AS frac_srv_max,
-        avg(frac_dem_max) AS frac_dem_max,
-        avg(entropy_mean) AS entropy_mean,
-        min(active) AS active_min,
-        avg(drop_frac) AS drop_frac_mean,
-        avg(aux_loss) AS aux_mean,
-        count(*) FILTER (WHERE collapsed_rule) AS collapsed_layers,
-        avg(imp_cv2) AS imp_cv2, avg(load_cv2) AS load_cv2, avg(usage_frac) AS usage_frac,
-        avg(imp_entropy) AS imp_entropy, avg(load_entropy) AS load_entropy,
-        greatest(avg(active), 1.0) AS active_mean
-    FROM router_layer_metrics
-    GROUP BY run_id, step
-)
-SELECT agg.*,
-    (max_frac_max >= {COLLAPSE_MAX_FRAC} OR active_min <= {COLLAPSE_ACTIVE_MAX}) AS collapsed,
-    sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active_mean, n_experts)
-        AS health_penalty,
-    1.0 / (1.0 + sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, active_mean,
-        n_experts)) AS health_score,
-    s.router_clipped
-FROM agg LEFT JOIN steps s USING (run_id, step)
+SELECT h.*, s.router_clipped FROM router_steps h LEFT JOIN steps s USING (run_id, step)
 """
 
 
@@ -148,7 +81,7 @@ FROM router_layers
 """
 
 RUN_HEALTH = """
-CREATE OR REPLACE VIEW run_health AS
+CREATE OR REPLACE VIEW run_health_live AS
 WITH last_window AS (
     SELECT run_id, max(window_idx) AS window_idx FROM router_window_health GROUP BY run_id
 ), final_layers AS (
@@ -215,13 +148,24 @@ def _views_fingerprint() -> str:
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the derived views and macros (once per view version) and refresh `runs_config`."""
+    """Create the derived views (once per definition version; a new version rebuilds derived data)."""
     fingerprint = _views_fingerprint()
     rows = con.execute("SELECT value FROM sb_meta WHERE key = 'views'").fetchall()
-    if not rows or rows[0][0] != fingerprint:
-        _create_all_views(con)
-        con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('views', ?)", [fingerprint])
-    refresh_config_view(con)
+    if rows and rows[0][0] == fingerprint:
+        return
+    if rows:  # definitions changed since this database was written: recompute what was derived
+        con.execute("DROP TABLE IF EXISTS run_health")
+    _create_all_views(con)
+    if rows:
+        rebuild_all(con)
+        con.execute("INSERT INTO run_health SELECT * FROM run_health_live")
+    con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('views', ?)", [fingerprint])
+
+
+def refresh_run_health(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Recompute the cached health summary of one run."""
+    con.execute("DELETE FROM run_health WHERE run_id = ?", [run_id])
+    con.execute("INSERT INTO run_health SELECT * FROM run_health_live WHERE run_id = ?", [run_id])
 
 
 def _create_all_views(con: duckdb.DuckDBPyConnection) -> None:
@@ -234,6 +178,7 @@ def _create_all_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE MACRO router_window_health_w(w) AS TABLE {run_window_sql('w')}")
     con.execute(f"CREATE OR REPLACE MACRO router_layer_window_health_w(w) AS TABLE {layer_window_sql('w')}")
     con.execute(RUN_HEALTH)
+    con.execute("CREATE TABLE IF NOT EXISTS run_health AS SELECT * FROM run_health_live LIMIT 0")
     con.execute(RUN_SUMMARY)
     con.execute(DOMAIN_VIEWS_SQL)
 
