@@ -258,6 +258,21 @@ def test_resume_with_another_world_size_continues_the_stream(stream_files):
     np.testing.assert_array_equal(next(b)[0].numpy(), np.arange(24 + 6, 24 + 8) % total)
 
 
+def test_batch_shape_can_change_between_steps(stream_files, doc_files):
+    total = sum(STREAM_SIZES)
+    loader = DistributedTokenLoader(stream_files, 4, rank=1, world_size=2)
+    next(loader)  # global tokens 0..7
+    loader.set_batch_shape(tokens_per_rank=3)
+    np.testing.assert_array_equal(next(loader)[0].numpy(), np.arange(8 + 3, 8 + 6) % total)
+    aligned = DistributedTokenLoader(doc_files[0], 6, mode="aligned", max_seq_len=5)
+    next(aligned)
+    aligned.set_batch_shape(max_seq_len=2)
+    x = next(aligned)[0].numpy()
+    assert np.diff(np.flatnonzero(x == EOT)).max() <= 2
+    with pytest.raises(ValueError, match="aligned"):
+        loader.set_batch_shape(max_seq_len=3)
+
+
 def test_state_from_other_data_is_refused(stream_files, doc_files, tmp_path):
     loader = DistributedTokenLoader(stream_files, 4)
     state = loader.state_dict()

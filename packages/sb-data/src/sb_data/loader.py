@@ -186,6 +186,23 @@ class DistributedTokenLoader:
         self._cache_key: tuple | None = None
         self.shards.prefetch(self.shards.file_at(0, 0))
 
+    def set_batch_shape(self, tokens_per_rank: int | None = None, max_seq_len: int | None = None) -> None:
+        """Change the batch from the next step on (batch-size or sequence-length schedules).
+
+        The stream continues from the current position, so a run that re-applies the same schedule
+        after ``load_state_dict`` gets the same batches as the uninterrupted run.
+        """
+        if tokens_per_rank is not None:
+            if tokens_per_rank < 1:
+                raise ValueError(f"tokens_per_rank must be >= 1, got {tokens_per_rank}")
+            self.tokens_per_rank = tokens_per_rank
+        if max_seq_len is not None:
+            if self.mode != "aligned":
+                raise ValueError("max_seq_len applies to mode='aligned' only")
+            if max_seq_len < 1:
+                raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+            self.max_seq_len = max_seq_len
+
     # -- public state --------------------------------------------------------------------------------
 
     @property
