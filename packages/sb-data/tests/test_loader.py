@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sbdata_helpers import write_document_shards, write_stream_shards
 
 from sb_data.format import ShardFormatError, write_shard
-from sb_data.loader import DistributedTokenLoader
+from sb_data.loader import DistributedTokenLoader, transfer_and_widen
 from sb_data.shards import find_shards
 
 EOT = 0
@@ -337,6 +337,20 @@ def test_loader_argument_errors(stream_files, tmp_path):
 def test_rank_and_world_default_to_single_process(stream_files):
     loader = DistributedTokenLoader(stream_files, 4)
     assert (loader.rank, loader.world_size) == (0, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_device_transfer_path_widens_without_sign_errors(dtype):
+    """The CUDA path's staging and widening, run on the CPU (no pinning): ids at the top of the
+    unsigned range must come back unchanged."""
+    top = np.iinfo(dtype).max if dtype == np.uint16 else 2**31 - 1
+    values = np.array([0, 1, 32767, 32768, 65535, top], dtype=dtype)
+    x, y = transfer_and_widen(values, values[::-1].copy(), torch.device("cpu"), pin_memory=False)
+    assert x.dtype == torch.int32 and y.dtype == torch.int64
+    assert (
+        x.tolist() == values.astype(np.int64).tolist()
+        and y.tolist() == values[::-1].astype(np.int64).tolist()
+    )
 
 
 @pytest.mark.gpu

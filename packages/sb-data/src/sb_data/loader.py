@@ -59,6 +59,28 @@ def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.cumsum(steps, out=steps)
 
 
+def transfer_and_widen(
+    inputs: np.ndarray, targets: np.ndarray, device: torch.device, *, pin_memory: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move raw uint16/uint32 tokens to ``device`` as (int32 inputs, int64 targets).
+
+    The narrow tokens travel as signed ints of the same width (every torch version can copy those),
+    through one staging buffer (pinned, and copied non-blocking, when ``pin_memory``); they are widened
+    on the device, where masking undoes the sign extension.
+    """
+    itemsize = inputs.dtype.itemsize
+    signed, torch_signed = (np.int16, torch.int16) if itemsize == 2 else (np.int32, torch.int32)
+    mask = (1 << (8 * itemsize)) - 1
+    n = inputs.size
+    staging = torch.empty(2 * n, dtype=torch_signed, pin_memory=pin_memory)
+    host = staging.numpy()
+    host[:n] = inputs.view(signed)
+    host[n:] = targets.view(signed)
+    moved = staging.to(device, non_blocking=pin_memory)
+    wide = moved.to(torch.int64).bitwise_and_(mask)
+    return wide[:n].to(torch.int32), wide[n:]
+
+
 class DocumentWindow:
     """Candidate documents from a cursor onward, gathered shard by shard on demand."""
 
@@ -371,20 +393,7 @@ class DistributedTokenLoader:
         """Host token arrays -> (int32 inputs, int64 targets) on the loader's device."""
         if self.device.type == "cpu":
             return torch.from_numpy(inputs.astype(np.int32)), torch.from_numpy(targets.astype(np.int64))
-        # Ship the narrow raw tokens (viewed as signed ints, which every torch version can move) through
-        # one pinned staging buffer, then widen on the device; masking undoes the sign extension.
-        signed, torch_signed = (
-            (np.int16, torch.int16) if self.dtype.itemsize == 2 else (np.int32, torch.int32)
-        )
-        mask = (1 << (8 * self.dtype.itemsize)) - 1
-        n = inputs.size
-        staging = torch.empty(2 * n, dtype=torch_signed, pin_memory=self.pin_memory)
-        host = staging.numpy()
-        host[:n] = inputs.view(signed)
-        host[n:] = targets.view(signed)
-        moved = staging.to(self.device, non_blocking=self.pin_memory)
-        wide = moved.to(torch.int64).bitwise_and_(mask)
-        return wide[:n].to(torch.int32), wide[n:]
+        return transfer_and_widen(inputs, targets, self.device, pin_memory=self.pin_memory)
 
     def close(self) -> None:
         """Stop the background reader and free the cached shards."""
@@ -397,4 +406,11 @@ class DistributedTokenLoader:
         self.close()
 
 
-__all__ = ["DistributedTokenLoader", "LoadedShard", "Mode", "default_rank_world", "segment_positions"]
+__all__ = [
+    "DistributedTokenLoader",
+    "LoadedShard",
+    "Mode",
+    "default_rank_world",
+    "segment_positions",
+    "transfer_and_widen",
+]
