@@ -1,5 +1,6 @@
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -186,6 +187,11 @@ def test_cli_prepare_and_summary(tmp_path, capsys):
         "lic_train_000000.bin",
         "lic_val_000000.bin",
     ]
+    tok = get_tokenizer("gpt2", bpe_dir=BPE_DIR)
+    originals = [Path(f).read_text(encoding="utf-8") for f in files]
+    for split, expected in (("val", originals[:1]), ("train", originals[1:])):
+        docs = split_stream([tmp_path / "o" / f"lic_{split}_000000.bin"], tok.eot_id)
+        assert [tok.decode(d) for d in docs] == expected
     code = main(["prepare", files[0], "-o", str(tmp_path / "o"), "--prefix", "lic", "--tokenizer", "bytes"])
     assert code == 1
     assert "--overwrite" in capsys.readouterr().err
