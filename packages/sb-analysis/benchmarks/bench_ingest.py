@@ -35,8 +35,15 @@ def make_runs(root: Path, runs: int, steps: int, layers: int, experts: int, dist
     templates = []
     for i in range(min(distinct, runs)):
         collapse = {1: (steps // 2, 3)} if i % 2 else {}
-        spec = SyntheticRun(f"tmpl{i}", steps=steps, num_layers=layers, num_experts=experts, seed=i,
-                            collapse=collapse, val_every=max(1, steps // 20))
+        spec = SyntheticRun(
+            f"tmpl{i}",
+            steps=steps,
+            num_layers=layers,
+            num_experts=experts,
+            seed=i,
+            collapse=collapse,
+            val_every=max(1, steps // 20),
+        )
         templates.append(write_synthetic_run(root / "_templates", spec))
     out = []
     for i in range(runs):
@@ -62,8 +69,10 @@ def naive_load(root: Path, db: Path) -> float:
     con = duckdb.connect(str(db))
     for name in ("scalars", "router"):
         pattern = str(root / "runs" / "*" / f"{name}.csv")
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_csv('{pattern}', union_by_name = true, "
-                    "filename = true)")
+        con.execute(
+            f"CREATE TABLE {name} AS SELECT * FROM read_csv('{pattern}', union_by_name = true, "
+            "filename = true)"
+        )
     con.close()
     return time.perf_counter() - start
 
@@ -117,8 +126,10 @@ def main() -> None:
         t0 = time.perf_counter()
         runs = make_runs(work, args.runs, args.steps, args.layers, args.experts)
         size_mb = sum(f.stat().st_size for r in runs for f in r.glob("*.csv")) / 2**20
-        print(f"generated {len(runs)} runs ({size_mb:.0f} MiB of CSV, {metrics_per_step(runs[0])} metrics "
-              f"per step) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"generated {len(runs)} runs ({size_mb:.0f} MiB of CSV, {metrics_per_step(runs[0])} metrics "
+            f"per step) in {time.perf_counter() - t0:.1f} s"
+        )
 
         db = work / "runs.duckdb"
         t_ingest = timed(lambda: ingest([work / "runs"], db))
@@ -158,16 +169,22 @@ def main() -> None:
             latencies["compare 5 runs"] = statistics.median(samples)
 
         print()
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"{datetime.now(UTC):%Y-%m-%d}; duckdb {duckdb.__version__}")
-        print(f"rows: {rows['s'][0]:,} steps, {rows['r'][0]:,} router rows; database "
-              f"{db.stat().st_size / 2**20:.0f} MiB")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{datetime.now(UTC):%Y-%m-%d}; duckdb {duckdb.__version__}"
+        )
+        print(
+            f"rows: {rows['s'][0]:,} steps, {rows['r'][0]:,} router rows; database "
+            f"{db.stat().st_size / 2**20:.0f} MiB"
+        )
         print()
         print("| ingest | seconds | vs naive union_by_name load |")
         print("|---|---|---|")
         print(f"| naive DuckDB load (baseline: sniffed types, no row checks) | {t_naive:.2f} | 1.00 |")
-        print(f"| sb-analysis ingest, {args.runs} runs x {args.steps} steps, empty db | {t_ingest:.2f} | "
-              f"{t_ingest / t_naive:.2f} |")
+        print(
+            f"| sb-analysis ingest, {args.runs} runs x {args.steps} steps, empty db | {t_ingest:.2f} | "
+            f"{t_ingest / t_naive:.2f} |"
+        )
         print(f"| re-ingest, nothing new | {t_noop:.2f} | {t_noop / t_naive:.2f} |")
         print(f"| incremental: +100 steps in 10 runs | {t_incr:.2f} | {t_incr / t_naive:.2f} |")
         print(f"| incremental, --in-place | {t_incr_inplace:.2f} | {t_incr_inplace / t_naive:.2f} |")

@@ -1,9 +1,13 @@
-"""Loading one CSV table file of a run directory: declared schema, bad rows reported, appends only.
+"""Loading the CSV tables of run directories: declared schema, bad rows reported, appends only.
 
-Each file is read on its own with the column types of docs/log-format.md (never sniffed, never unioned by
-name). DuckDB's `store_rejects` keeps the good rows and tells which lines were bad. The byte offset of the
-last complete line that was loaded is remembered in `ingest_files`, so the next ingest of a growing file
-reads only what was appended; a last line without its newline is left for the next ingest.
+Every file is read with the column types of docs/log-format.md (never sniffed, never unioned by name);
+DuckDB's `store_rejects` keeps the good rows and tells which lines were bad. The byte offset of the last
+complete line loaded from each file is kept in `ingest_files`, so the next ingest of a growing file reads
+only what was appended; a last line without its newline is left for the next ingest.
+
+For speed, files that share a header (the same trainer version writes the same columns) are read in one
+`read_csv` call over the list of files; each file is still typed by the same declared schema, and bad
+rows are still attributed to their own file and line.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import io
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +55,31 @@ class FileResult:
     pending: RowError | None = None
 
 
+@dataclass
+class FilePlan:
+    """What to read from one file in this ingest."""
+
+    run_id: str
+    path: Path
+    spec: TableSpec
+    segment: int
+    n_experts: int | None
+    header_bytes: bytes
+    header_text: str
+    types: dict[str, str]
+    select: str
+    needed: dict[str, str]
+    start: int
+    complete_end: int
+    size: int
+    lines_before: int
+    rows_before: int
+    result: FileResult
+    new_lines: int = 0
+    source: str | None = None
+    tmp: bool = False
+
+
 def _last_newline_end(path: Path, size: int) -> int:
     """Offset just past the last b'\\n' of the file (0 if there is none)."""
     block = 1 << 16
@@ -81,13 +111,13 @@ def _count_newlines(path: Path, start: int, end: int) -> int:
 
 
 def _select_list(spec: TableSpec, types: dict[str, str], n_experts: int | None) -> tuple[str, dict[str, str]]:
-    """SELECT expressions turning CSV columns into table columns, and the table columns they need."""
-    exprs = ["?::VARCHAR AS run_id"]
+    """SELECT expressions turning CSV columns (alias c) into table columns, and the table columns needed."""
+    exprs = ["f._sb_run_id AS run_id"]
     needed: dict[str, str] = {}
     for name, typ in types.items():
         if spec.kind == "router" and EXPERT_COLUMN.match(name):
             continue
-        exprs.append(quote_ident(name))
+        exprs.append(f"c.{quote_ident(name)}")
         needed[name] = typ
     if spec.kind == "router":
         counts = expert_counts(list(types))
@@ -97,21 +127,32 @@ def _select_list(spec: TableSpec, types: dict[str, str], n_experts: int | None) 
                 continue
             if n_experts is not None and n != n_experts:
                 raise LogFormatError(f"{n} {family}_e* columns but run.json says num_experts = {n_experts}")
-            items = ", ".join(quote_ident(f"{family}_e{i}") for i in range(n))
+            items = ", ".join(f"c.{quote_ident(f'{family}_e{i}')}" for i in range(n))
             exprs.append(f"list_value({items}) AS {family}")
+    exprs.append("c._sb_file AS _sb_file")
     return ", ".join(exprs), needed
 
 
-def load_table_file(
-    con: duckdb.DuckDBPyConnection,
+def file_states(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[tuple[str, str], tuple]:
+    rows = con.execute(
+        "SELECT run_id, path, header, bytes_done, lines_done, rows_loaded FROM ingest_files "
+        "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        [list(run_ids)],
+    ).fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def plan_file(
     run_id: str,
     path: Path,
     spec: TableSpec,
+    segment: int,
     *,
-    n_experts: int | None = None,
-    finished: bool = False,
-) -> FileResult:
-    """Load the not-yet-loaded complete lines of one CSV file into `spec.db_table`."""
+    states: Mapping[tuple[str, str], tuple],
+    n_experts: int | None,
+    finished: bool,
+) -> FilePlan | FileResult:
+    """Decide what to read from a file; a FileResult (errors / pending only) when nothing can be read."""
     result = FileResult(str(path), spec.kind)
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -119,6 +160,8 @@ def load_table_file(
     if not header_bytes.endswith(b"\n"):
         if size:
             result.pending = RowError(str(path), 1, "INCOMPLETE HEADER", "header line not finished yet")
+            if finished:
+                result.errors.append(result.pending)
         return result
     header_text = header_bytes.decode("utf-8").rstrip("\r\n")
     try:
@@ -128,124 +171,178 @@ def load_table_file(
     except (LogFormatError, StopIteration) as err:
         result.errors.append(RowError(str(path), 1, "BAD HEADER", str(err), raw_line=header_text))
         return result
-
-    state = con.execute(
-        "SELECT header, bytes_done, lines_done, rows_loaded FROM ingest_files WHERE run_id = ? AND path = ?",
-        [run_id, str(path)],
-    ).fetchall()
-    state = state[0] if state else None
+    state = states.get((run_id, str(path)))
     complete_end = _last_newline_end(path, size)
     header_end = len(header_bytes)
     if state and state[0] == header_text and header_end <= state[1] <= complete_end:
         start, lines_before, rows_before = state[1], state[2], state[3]
     else:
         start, lines_before, rows_before = header_end, 1, 0
-
+    plan = FilePlan(
+        run_id,
+        path,
+        spec,
+        segment,
+        n_experts,
+        header_bytes,
+        header_text,
+        types,
+        select,
+        needed,
+        start,
+        complete_end,
+        size,
+        lines_before,
+        rows_before,
+        result,
+    )
+    plan.new_lines = _count_newlines(path, start, complete_end) if start < complete_end else 0
     if complete_end < size:
         with open(path, "rb") as handle:
             handle.seek(complete_end)
             tail = handle.read(200).decode("utf-8", "replace")
-        line_no = lines_before + _count_newlines(path, start, complete_end) + 1
+        why = (
+            " (the run has ended: this row is truncated)"
+            if finished
+            else " (still being written; read on the next ingest)"
+        )
         result.pending = RowError(
             str(path),
-            line_no,
+            lines_before + plan.new_lines + 1,
             "INCOMPLETE LAST LINE",
-            "no newline at the end of the file"
-            + (
-                " (the run has ended: this row is truncated)"
-                if finished
-                else " (still being written; read on the next ingest)"
-            ),
+            "no newline at the end of the file" + why,
             raw_line=tail,
         )
         if finished:
             result.errors.append(result.pending)
+    return plan
 
-    if start < complete_end:
-        new_lines = _count_newlines(path, start, complete_end)
-        tmp_path: str | None = None
-        if start == header_end and complete_end == size:
-            source = str(path)
-        else:
-            fd, tmp_path = tempfile.mkstemp(suffix=".csv", prefix="sb-analysis-")
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                out.write(header_bytes)
-                src.seek(start)
-                remaining = complete_end - start
-                while remaining > 0:
-                    chunk = src.read(min(remaining, 1 << 24))
-                    out.write(chunk)
-                    remaining -= len(chunk)
-            source = tmp_path
-        try:
-            _stage_and_upsert(
-                con, run_id, source, spec, types, select, needed, result, lines_before - 1, n_experts
-            )
-        finally:
-            if tmp_path:
-                Path(tmp_path).unlink(missing_ok=True)
-        lines_done = lines_before + new_lines
-    else:
-        lines_done = lines_before
-    con.execute("DELETE FROM ingest_files WHERE run_id = ? AND path = ?", [run_id, str(path)])
+
+def _prepare_source(plan: FilePlan) -> None:
+    """The file DuckDB reads: the file itself, or a temp copy of header + the new complete lines."""
+    if plan.start == len(plan.header_bytes) and plan.complete_end == plan.size:
+        plan.source = str(plan.path)
+        return
+    fd, tmp_path = tempfile.mkstemp(suffix=".csv", prefix="sb-analysis-")
+    with os.fdopen(fd, "wb") as out, open(plan.path, "rb") as src:
+        out.write(plan.header_bytes)
+        src.seek(plan.start)
+        remaining = plan.complete_end - plan.start
+        while remaining > 0:
+            chunk = src.read(min(remaining, 1 << 24))
+            out.write(chunk)
+            remaining -= len(chunk)
+    plan.source, plan.tmp = tmp_path, True
+
+
+def load_plans(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) -> None:
+    """Read every planned file, batched by (segment, table, header, experts), and record file states."""
+    to_read = [p for p in plans if p.start < p.complete_end]
+    groups: dict[tuple, list[FilePlan]] = {}
+    for plan in sorted(to_read, key=lambda p: p.segment):
+        groups.setdefault((plan.segment, plan.spec.kind, plan.header_text, plan.n_experts), []).append(plan)
+    try:
+        for group in groups.values():
+            for plan in group:
+                _prepare_source(plan)
+            _load_group(con, group)
+    finally:
+        for plan in to_read:
+            if plan.tmp and plan.source:
+                Path(plan.source).unlink(missing_ok=True)
+    if plans:
+        con.execute(
+            "DELETE FROM ingest_files t USING (SELECT unnest(?::VARCHAR[]) AS run_id, "
+            "unnest(?::VARCHAR[]) AS path) k WHERE t.run_id = k.run_id AND t.path = k.path",
+            [[p.run_id for p in plans], [str(p.path) for p in plans]],
+        )
+        _insert_states(con, plans)
+
+
+def _insert_states(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) -> None:
+    columns = {
+        "run_id": [p.run_id for p in plans],
+        "path": [str(p.path) for p in plans],
+        "kind": [p.spec.kind for p in plans],
+        "header": [p.header_text for p in plans],
+        "bytes_done": [p.complete_end for p in plans],
+        "lines_done": [p.lines_before + p.new_lines for p in plans],
+        "rows_loaded": [p.rows_before + p.result.new_rows + p.result.replaced_rows for p in plans],
+        "file_size": [p.size for p in plans],
+    }
     con.execute(
-        "INSERT INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [
-            run_id,
-            str(path),
-            spec.kind,
-            header_text,
-            complete_end,
-            lines_done,
-            rows_before + result.new_rows + result.replaced_rows,
-            size,
-        ],
+        "INSERT INTO ingest_files SELECT *, now() FROM (SELECT "
+        + ", ".join(
+            f"unnest(?::{t}[]) AS {n}"
+            for n, t in (
+                ("run_id", "VARCHAR"),
+                ("path", "VARCHAR"),
+                ("kind", "VARCHAR"),
+                ("header", "VARCHAR"),
+                ("bytes_done", "BIGINT"),
+                ("lines_done", "BIGINT"),
+                ("rows_loaded", "BIGINT"),
+                ("file_size", "BIGINT"),
+            )
+        )
+        + ")",
+        list(columns.values()),
     )
-    return result
 
 
-def _stage_and_upsert(
-    con: duckdb.DuckDBPyConnection,
-    run_id: str,
-    source: str,
-    spec: TableSpec,
-    types: dict[str, str],
-    select: str,
-    needed: dict[str, str],
-    result: FileResult,
-    line_offset: int,
-    n_experts: int | None,
-) -> None:
-    columns_sql = "{" + ", ".join(f"'{name}': '{typ}'" for name, typ in types.items()) + "}"
+def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> None:
+    first = group[0]
+    spec = first.spec
+    by_source = {p.source: p for p in group}
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _sb_files AS SELECT unnest(?::VARCHAR[]) AS _sb_source, "
+        "unnest(?::VARCHAR[]) AS _sb_run_id",
+        [[p.source for p in group], [p.run_id for p in group]],
+    )
+    columns_sql = "{" + ", ".join(f"'{name}': '{typ}'" for name, typ in first.types.items()) + "}"
     con.execute("DROP TABLE IF EXISTS _sb_rejects")
     con.execute("DROP TABLE IF EXISTS _sb_rejects_scan")
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _sb_new AS SELECT {select} FROM read_csv(?, header = true, "
+        f"CREATE OR REPLACE TEMP TABLE _sb_new AS SELECT {first.select} FROM read_csv(?, header = true, "
         f"auto_detect = false, columns = {columns_sql}, delim = ',', quote = '\"', escape = '\"', "
-        "store_rejects = true, rejects_table = '_sb_rejects', rejects_scan = '_sb_rejects_scan')",
-        [run_id, source],
+        "filename = '_sb_file', store_rejects = true, rejects_table = '_sb_rejects', "
+        "rejects_scan = '_sb_rejects_scan') c JOIN _sb_files f ON c._sb_file = f._sb_source",
+        [[p.source for p in group]],
     )
     # DuckDB reports one reject per bad cell (e.g. one per missing column); keep the first per line
-    for line, column, etype, raw, message in con.execute(
-        "SELECT line, column_name, error_type, csv_line, error_message FROM _sb_rejects "
-        "QUALIFY row_number() OVER (PARTITION BY line ORDER BY column_idx) = 1 ORDER BY line"
+    rejects = con.execute(
+        "SELECT s.file_path, r.line, r.column_name, r.error_type, r.csv_line, r.error_message "
+        "FROM _sb_rejects r JOIN _sb_rejects_scan s USING (scan_id, file_id) "
+        "QUALIFY row_number() OVER (PARTITION BY s.file_path, r.line ORDER BY r.column_idx) = 1 "
+        "ORDER BY s.file_path, r.line"
+    ).fetchall()
+    for source, line, column, etype, raw, message in rejects:
+        plan = by_source[source]
+        plan.result.errors.append(
+            RowError(str(plan.path), int(line) + plan.lines_before - 1, str(etype), str(message), column, raw)
+        )
+    key_null = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    for source, n in con.execute(
+        f"SELECT _sb_file, count(*) FROM _sb_new WHERE {key_null} GROUP BY _sb_file"
     ).fetchall():
-        result.errors.append(
-            RowError(result.path, int(line) + line_offset, str(etype), str(message), column, raw)
+        by_source[source].result.errors.append(
+            RowError(
+                str(by_source[source].path),
+                None,
+                "EMPTY KEY",
+                f"{n} row(s) with an empty {'/'.join(spec.key)}",
+            )
         )
-    null_keys = con.execute(
-        "SELECT count(*) FROM _sb_new WHERE " + " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
-    ).fetchall()[0][0]
-    if null_keys:
-        result.errors.append(
-            RowError(result.path, None, "EMPTY KEY", f"{null_keys} row(s) with an empty {'/'.join(spec.key)}")
-        )
+    con.execute("ALTER TABLE _sb_new DROP COLUMN _sb_file")
     if spec.kind == "router":
-        derive_layers(con, "_sb_new", n_experts)
-    ensure_columns(con, spec.db_table, needed)
-    new, replaced = upsert_staged(con, spec.db_table, "_sb_new", run_id, spec.key)
+        derive_layers(con, "_sb_new", first.n_experts)
+    ensure_columns(con, spec.db_table, first.needed)
+    per_run = upsert_staged(con, spec.db_table, "_sb_new", spec.key)
     if spec.kind == "router":
-        refresh_router_steps(con, run_id, "_sb_new")
-    result.new_rows += new
-    result.replaced_rows += replaced
+        refresh_router_steps(con, "_sb_new")
     con.execute("DROP TABLE IF EXISTS _sb_new")
+    con.execute("DROP TABLE IF EXISTS _sb_files")
+    for plan in group:  # one file per run in a group (same segment, same table)
+        new, replaced = per_run.get(plan.run_id, (0, 0))
+        plan.result.new_rows += new
+        plan.result.replaced_rows += replaced

@@ -37,9 +37,18 @@ DERIVED_LAYER_COLUMNS = {
     "health_score": "DOUBLE",
 }
 INPUT_COLUMNS = {
-    "imp_cv2": "DOUBLE", "load_cv2": "DOUBLE", "usage_frac": "DOUBLE", "imp_entropy": "DOUBLE",
-    "load_entropy": "DOUBLE", "topk_prob_mean": "DOUBLE", "entropy_mean": "DOUBLE", "drop_frac": "DOUBLE",
-    "aux_loss": "DOUBLE", "load": "DOUBLE[]", "demand": "DOUBLE[]", "importance": "DOUBLE[]",
+    "imp_cv2": "DOUBLE",
+    "load_cv2": "DOUBLE",
+    "usage_frac": "DOUBLE",
+    "imp_entropy": "DOUBLE",
+    "load_entropy": "DOUBLE",
+    "topk_prob_mean": "DOUBLE",
+    "entropy_mean": "DOUBLE",
+    "drop_frac": "DOUBLE",
+    "aux_loss": "DOUBLE",
+    "load": "DOUBLE[]",
+    "demand": "DOUBLE[]",
+    "importance": "DOUBLE[]",
 }
 
 DERIVE_LAYERS = f"""
@@ -93,8 +102,7 @@ WITH agg AS (
         avg(imp_cv2) AS imp_cv2, avg(load_cv2) AS load_cv2, avg(usage_frac) AS usage_frac,
         avg(imp_entropy) AS imp_entropy, avg(load_entropy) AS load_entropy,
         greatest(avg(active), 1.0) AS active_mean
-    FROM router_layers
-    WHERE {{where}}
+    FROM {{source}}
     GROUP BY run_id, step
 )
 SELECT agg.*,
@@ -115,36 +123,37 @@ def create_router_tables(con: duckdb.DuckDBPyConnection) -> None:
         if name not in have:
             con.execute(f"ALTER TABLE router_layers ADD COLUMN {name} {typ}")
     con.execute(
-        "CREATE TABLE IF NOT EXISTS router_steps AS " + STEP_AGGREGATE.format(where="false")
+        "CREATE TABLE IF NOT EXISTS router_steps AS "
+        + STEP_AGGREGATE.format(source="(SELECT * FROM router_layers WHERE false)")
     )
 
 
 def derive_layers(con: duckdb.DuckDBPyConnection, staged: str, n_experts: int | None) -> None:
     """Replace the staged router rows by their derived form (adds the columns listed above)."""
     have = {row[0] for row in con.execute(f"DESCRIBE {staged}").fetchall()}
-    for name, typ in {**INPUT_COLUMNS, **DERIVED_LAYER_COLUMNS}.items():
-        if name not in have:
-            con.execute(f"ALTER TABLE {staged} ADD COLUMN {quote_ident(name)} {typ}")
+    missing = [
+        f"NULL::{typ} AS {quote_ident(name)}"
+        for name, typ in {**INPUT_COLUMNS, **DERIVED_LAYER_COLUMNS}.items()
+        if name not in have
+    ]
+    source = f"(SELECT *{''.join(', ' + m for m in missing)} FROM {staged})"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {staged}_derived AS " + DERIVE_LAYERS.format(source=staged),
+        f"CREATE OR REPLACE TEMP TABLE {staged}_derived AS " + DERIVE_LAYERS.format(source=source),
         {"n_experts": n_experts},
     )
     con.execute(f"DROP TABLE {staged}")
     con.execute(f"ALTER TABLE {staged}_derived RENAME TO {staged}")
 
 
-def refresh_router_steps(con: duckdb.DuckDBPyConnection, run_id: str, staged: str) -> None:
-    """Recompute router_steps for the steps of `staged` (after they were upserted into router_layers)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_steps AS SELECT DISTINCT step FROM {staged}")
-    con.execute(
-        "DELETE FROM router_steps WHERE run_id = ? AND step IN (SELECT step FROM _sb_steps)", [run_id]
-    )
+def refresh_router_steps(con: duckdb.DuckDBPyConnection, staged: str) -> None:
+    """Recompute router_steps for the (run_id, step) pairs of `staged` (already upserted)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_keys AS SELECT DISTINCT run_id, step FROM {staged}")
+    con.execute("DELETE FROM router_steps t USING _sb_keys k WHERE t.run_id = k.run_id AND t.step = k.step")
     con.execute(
         "INSERT INTO router_steps BY NAME "
-        + STEP_AGGREGATE.format(where="run_id = $run_id AND step IN (SELECT step FROM _sb_steps)"),
-        {"run_id": run_id},
+        + STEP_AGGREGATE.format(source="router_layers SEMI JOIN _sb_keys USING (run_id, step)")
     )
-    con.execute("DROP TABLE _sb_steps")
+    con.execute("DROP TABLE _sb_keys")
 
 
 def rebuild_all(con: duckdb.DuckDBPyConnection) -> None:
@@ -156,11 +165,12 @@ def rebuild_all(con: duckdb.DuckDBPyConnection) -> None:
         "GROUP BY r.run_id"
     ).fetchall()
     for run_id, n_experts in runs:
-        con.execute("CREATE OR REPLACE TEMP TABLE _sb_all AS SELECT * FROM router_layers WHERE run_id = ?",
-                    [run_id])
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _sb_all AS SELECT * FROM router_layers WHERE run_id = ?", [run_id]
+        )
         derive_layers(con, "_sb_all", n_experts)
         con.execute("DELETE FROM router_layers WHERE run_id = ?", [run_id])
         con.execute("INSERT INTO router_layers BY NAME SELECT * FROM _sb_all")
         con.execute("DELETE FROM router_steps WHERE run_id = ?", [run_id])
-        refresh_router_steps(con, run_id, "_sb_all")
+        refresh_router_steps(con, "_sb_all")
         con.execute("DROP TABLE _sb_all")

@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-from .csv_ingest import FileResult, RowError, load_table_file
+from .csv_ingest import FilePlan, FileResult, RowError, file_states, load_plans, plan_file
 from .db import DEFAULT_DB, writable_copy
 from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, upsert_staged
@@ -20,6 +20,7 @@ from .logformat import (
     RUN_FILE,
     TABLES,
     LogFormatError,
+    TableSpec,
     flatten_config,
     read_run_header,
     read_status,
@@ -86,83 +87,195 @@ def _timestamp(value: Any) -> datetime | None:
         return None
 
 
-def _store_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any], config: dict[str, Any]) -> None:
-    existing = con.execute("SELECT source, path FROM runs WHERE run_id = ?", [row["run_id"]]).fetchall()
-    existing = existing[0] if existing else None
-    if existing and existing[0] != row["source"]:
-        raise LogFormatError(
-            f"run id {row['run_id']!r} is already in the database from a {existing[0]} source "
-            f"({existing[1]}); pass --run-id to store this one under another id"
-        )
-    con.execute("DELETE FROM runs WHERE run_id = ?", [row["run_id"]])
-    columns = list(row)
-    marks = ", ".join("?" for _ in columns)
+def _config_rows(run_id: str, config: dict[str, Any]) -> list[tuple]:
+    rows = []
+    for key, value in flatten_config(config).items():
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        kind = {bool: "bool", int: "int", float: "float", str: "string"}.get(type(value), "json")
+        rows.append((run_id, key, json.dumps(value), number, "null" if value is None else kind))
+    return rows
+
+
+def _insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, tuple[str, list]]) -> None:
+    """INSERT many rows in one statement: {column: (duckdb type, values)}."""
+    names = list(columns)
+    select = ", ".join(f"unnest(?::{typ}[]) AS {name}" for name, (typ, _) in columns.items())
     con.execute(
-        f"INSERT INTO runs ({', '.join(columns)}, ingested_at) VALUES ({marks}, now())",
-        [row[c] for c in columns],
+        f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM (SELECT {select})",
+        [values for _, values in columns.values()],
     )
-    con.execute("DELETE FROM run_config WHERE run_id = ?", [row["run_id"]])
-    flat = flatten_config(config)
-    if flat:
-        rows = []
-        for key, value in flat.items():
-            number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-            kind = {bool: "bool", int: "int", float: "float", str: "string"}.get(type(value), "json")
-            if value is None:
-                kind = "null"
-            rows.append((row["run_id"], key, json.dumps(value), number, kind))
-        con.executemany("INSERT INTO run_config VALUES (?, ?, ?, ?, ?)", rows)
 
 
-def ingest_run_dir(con: duckdb.DuckDBPyConnection, run_dir: Path) -> RunResult:
-    header = read_run_header(run_dir)
-    status = read_status(run_dir)
-    run_id = header["run_id"]
-    state = status.get("state", "running")
-    wandb = header.get("wandb") or {}
-    _store_run(
-        con,
-        {
-            "run_id": run_id,
-            "source": "csv",
-            "path": str(run_dir.resolve()),
-            "preset": header.get("preset"),
-            "config_hash": header.get("config_hash"),
-            "config": _json_or_none(header.get("config")),
-            "created_at": _timestamp(header.get("created_at")),
-            "git_sha": header.get("git_sha"),
-            "host": header.get("host"),
-            "world_size": header.get("world_size"),
-            "device": header.get("device"),
-            "num_layers": header.get("num_layers"),
-            "num_experts": header.get("num_experts"),
-            "top_k": header.get("top_k"),
-            "tokens_per_step": header.get("tokens_per_step"),
-            "total_steps": header.get("total_steps"),
-            "state": state,
-            "status": _json_or_none(status),
-            "wandb_run_id": wandb.get("run_id"),
-            "wandb_project": wandb.get("project"),
-            "format_version": header.get("format_version"),
-        },
-        header.get("config") or {},
+RUN_COLUMN_TYPES = {
+    "run_id": "VARCHAR",
+    "source": "VARCHAR",
+    "path": "VARCHAR",
+    "preset": "VARCHAR",
+    "config_hash": "VARCHAR",
+    "config": "JSON",
+    "created_at": "TIMESTAMP",
+    "git_sha": "VARCHAR",
+    "host": "VARCHAR",
+    "world_size": "INTEGER",
+    "device": "VARCHAR",
+    "num_layers": "INTEGER",
+    "num_experts": "INTEGER",
+    "top_k": "INTEGER",
+    "tokens_per_step": "BIGINT",
+    "total_steps": "BIGINT",
+    "state": "VARCHAR",
+    "status": "JSON",
+    "wandb_run_id": "VARCHAR",
+    "wandb_project": "VARCHAR",
+    "format_version": "INTEGER",
+}
+
+
+def _store_runs(
+    con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]
+) -> list[tuple[str, str]]:
+    """Replace the runs' metadata and config; returns (run_id, reason) for runs refused (id clash)."""
+    ids = [row["run_id"] for row in rows]
+    existing = dict(
+        (r[0], (r[1], r[2]))
+        for r in con.execute(
+            "SELECT run_id, source, path FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+        ).fetchall()
     )
-    result = RunResult(run_id, "csv", str(run_dir))
-    finished = state != "running"
-    for spec in TABLES.values():
-        new = replaced = 0
-        for path in segment_files(run_dir, spec):
-            file_result: FileResult = load_table_file(
-                con, run_id, path, spec, n_experts=header.get("num_experts"), finished=finished
+    refused = []
+    keep = []
+    for row in rows:
+        old = existing.get(row["run_id"])
+        if old and old[0] != row["source"]:
+            refused.append(
+                (
+                    row["run_id"],
+                    f"run id {row['run_id']!r} is already in the database from a {old[0]} source ({old[1]}); "
+                    "pass --run-id to store this one under another id",
+                )
             )
-            new += file_result.new_rows
-            replaced += file_result.replaced_rows
+        else:
+            keep.append(row)
+    if not keep:
+        return refused
+    ids = [row["run_id"] for row in keep]
+    con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    con.execute("DELETE FROM run_config WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    _insert_columns(
+        con, "runs", {name: (typ, [row.get(name) for row in keep]) for name, typ in RUN_COLUMN_TYPES.items()}
+    )
+    con.execute("UPDATE runs SET ingested_at = now() WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+    config_rows = [r for run_id in ids for r in _config_rows(run_id, configs.get(run_id) or {})]
+    if config_rows:
+        _insert_columns(
+            con,
+            "run_config",
+            {
+                name: (typ, [r[i] for r in config_rows])
+                for i, (name, typ) in enumerate(
+                    (
+                        ("run_id", "VARCHAR"),
+                        ("key", "VARCHAR"),
+                        ("value", "JSON"),
+                        ("value_num", "DOUBLE"),
+                        ("value_type", "VARCHAR"),
+                    )
+                )
+            },
+        )
+    return refused
+
+
+def _csv_run_row(run_dir: Path, header: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    wandb = header.get("wandb") or {}
+    return {
+        "run_id": header["run_id"],
+        "source": "csv",
+        "path": str(run_dir.resolve()),
+        "preset": header.get("preset"),
+        "config_hash": header.get("config_hash"),
+        "config": _json_or_none(header.get("config")),
+        "created_at": _timestamp(header.get("created_at")),
+        "git_sha": header.get("git_sha"),
+        "host": header.get("host"),
+        "world_size": header.get("world_size"),
+        "device": header.get("device"),
+        "num_layers": header.get("num_layers"),
+        "num_experts": header.get("num_experts"),
+        "top_k": header.get("top_k"),
+        "tokens_per_step": header.get("tokens_per_step"),
+        "total_steps": header.get("total_steps"),
+        "state": status.get("state", "running"),
+        "status": _json_or_none(status),
+        "wandb_run_id": wandb.get("run_id"),
+        "wandb_project": wandb.get("project"),
+        "format_version": header.get("format_version"),
+    }
+
+
+def ingest_run_dirs(
+    con: duckdb.DuckDBPyConnection, run_dirs: Sequence[Path]
+) -> tuple[list[RunResult], list[tuple[str, str]]]:
+    """Ingest CSV run directories together (their files are read in batches). Returns results, failures."""
+    failures: list[tuple[str, str]] = []
+    runs: dict[str, tuple[Path, dict[str, Any], dict[str, Any]]] = {}
+    for run_dir in run_dirs:
+        try:
+            header = read_run_header(run_dir)
+            status = read_status(run_dir)
+        except (LogFormatError, OSError) as err:
+            failures.append((str(run_dir), str(err)))
+            continue
+        if header["run_id"] in runs:
+            failures.append(
+                (str(run_dir), f"run id {header['run_id']!r} also used by {runs[header['run_id']][0]}")
+            )
+            continue
+        runs[header["run_id"]] = (run_dir, header, status)
+    refused = _store_runs(
+        con,
+        [_csv_run_row(d, h, s) for d, h, s in runs.values()],
+        {run_id: h.get("config") or {} for run_id, (_, h, _) in runs.items()},
+    )
+    for run_id, reason in refused:
+        failures.append((str(runs.pop(run_id)[0]), reason))
+    states = file_states(con, list(runs))
+    results: dict[str, RunResult] = {}
+    plans: list[FilePlan] = []
+    per_run_files: dict[str, list[tuple[TableSpec, FileResult]]] = {}
+    for run_id, (run_dir, header, status) in runs.items():
+        results[run_id] = RunResult(run_id, "csv", str(run_dir))
+        finished = status.get("state", "running") != "running"
+        files = per_run_files.setdefault(run_id, [])
+        for spec in TABLES.values():
+            for segment, path in enumerate(segment_files(run_dir, spec)):
+                planned = plan_file(
+                    run_id,
+                    path,
+                    spec,
+                    segment,
+                    states=states,
+                    n_experts=header.get("num_experts"),
+                    finished=finished,
+                )
+                if isinstance(planned, FilePlan):
+                    plans.append(planned)
+                    files.append((spec, planned.result))
+                else:
+                    files.append((spec, planned))
+    load_plans(con, plans)
+    for run_id, files in per_run_files.items():
+        result = results[run_id]
+        for spec in TABLES.values():
+            result.new_rows.setdefault(spec.db_table, 0)
+            result.replaced_rows.setdefault(spec.db_table, 0)
+        for spec, file_result in files:
+            result.new_rows[spec.db_table] += file_result.new_rows
+            result.replaced_rows[spec.db_table] += file_result.replaced_rows
             result.errors.extend(file_result.errors)
-            if file_result.pending and not finished:
+            if file_result.pending and file_result.pending not in file_result.errors:
                 result.warnings.append(str(file_result.pending))
-        result.new_rows[spec.db_table] = new
-        result.replaced_rows[spec.db_table] = replaced
-    return result
+    return list(results.values()), failures
 
 
 def _store_frame(
@@ -190,11 +303,11 @@ def _store_frame(
         con.unregister("_sb_frame")
     if table == "router_layers":
         derive_layers(con, "_sb_new", n_experts)
-    result = upsert_staged(con, table, "_sb_new", run_id, key)
+    result = upsert_staged(con, table, "_sb_new", key)
     if table == "router_layers":
-        refresh_router_steps(con, run_id, "_sb_new")
+        refresh_router_steps(con, "_sb_new")
     con.execute("DROP TABLE IF EXISTS _sb_new")
-    return result
+    return result.get(run_id, (0, 0))
 
 
 def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str | None = None) -> RunResult:
@@ -203,29 +316,33 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
     n_experts = config.get("num_experts") or config.get("n_experts")
     if n_experts is None and "load" in run.router.columns:
         n_experts = int(run.router["load"].list.len().max())  # type: ignore[arg-type]
-    _store_run(
+    refused = _store_runs(
         con,
-        {
-            "run_id": run_id,
-            "source": run.source,
-            "path": run.path,
-            "preset": config.get("preset"),
-            "config_hash": None,
-            "config": _json_or_none(config),
-            "created_at": _timestamp(run.created_at),
-            "host": run.host,
-            "num_layers": config.get("num_layers"),
-            "num_experts": n_experts,
-            "top_k": config.get("topk") or config.get("top_k"),
-            "total_steps": config.get("num_iterations") or config.get("total_steps"),
-            "state": run.state,
-            "status": _json_or_none({"state": run.state, "summary": run.summary}),
-            "wandb_run_id": run.wandb_id,
-            "wandb_project": run.project,
-            "format_version": None,
-        },
-        config,
+        [
+            {
+                "run_id": run_id,
+                "source": run.source,
+                "path": run.path,
+                "preset": config.get("preset"),
+                "config_hash": None,
+                "config": _json_or_none(config),
+                "created_at": _timestamp(run.created_at),
+                "host": run.host,
+                "num_layers": config.get("num_layers"),
+                "num_experts": n_experts,
+                "top_k": config.get("topk") or config.get("top_k"),
+                "total_steps": config.get("num_iterations") or config.get("total_steps"),
+                "state": run.state,
+                "status": _json_or_none({"state": run.state, "summary": run.summary}),
+                "wandb_run_id": run.wandb_id,
+                "wandb_project": run.project,
+                "format_version": None,
+            }
+        ],
+        {run_id: config},
     )
+    if refused:
+        raise LogFormatError(refused[0][1])
     result = RunResult(run_id, run.source, run.path, warnings=list(run.warnings))
     for table, frame, key in (
         ("steps", run.steps, ("step",)),
@@ -294,38 +411,63 @@ def ingest(
         raise ValueError("--run-id needs exactly one run to ingest")
     with writable_copy(db, in_place=in_place) as con:
         create_views(con)
+        by_path: dict[str, RunResult] = {}
+        csv_dirs = [Path(path) for kind, path in sources if kind == "csv"]
+        if csv_dirs:
+            results, failures = ingest_run_dirs(con, csv_dirs)
+            report.failures.extend(failures)
+            by_path.update((r.path, r) for r in results)
         for kind, path in sources:
+            if kind in ("csv",):
+                continue
             try:
                 if kind == "error":
                     raise LogFormatError(path)
-                if kind == "csv":
-                    result = ingest_run_dir(con, Path(path))
-                elif kind == "wandb":
+                if kind == "wandb":
                     result = ingest_wandb_run(con, read_offline_run(Path(path)), run_id)
                 else:
                     result = ingest_wandb_run(con, read_api_run(path, api=wandb_api), run_id)
             except (LogFormatError, WandbReadError, OSError, duckdb.Error) as err:
                 report.failures.append((path, str(err)))
                 continue
-            if result.errors:
-                con.executemany(
-                    "DELETE FROM ingest_errors WHERE run_id = ? AND path = ? AND line IS NOT DISTINCT FROM ?",
-                    [(result.run_id, e.path, e.line) for e in result.errors],
-                )
-                con.executemany(
-                    "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?, ?, now())",
-                    [
-                        (result.run_id, e.path, e.line, e.column, e.error_type, e.message, e.raw_line)
-                        for e in result.errors
-                    ],
-                )
-            refresh_run_health(con, result.run_id)
-            report.runs.append(result)
-            if progress:
-                progress(result.line())
-                for err in result.errors:
-                    progress(f"  bad row: {err}")
-                for warning in result.warnings:
-                    progress(f"  note: {warning}")
+            by_path[path] = result
+        report.runs = [by_path[path] for _, path in sources if path in by_path]
+        _store_errors(con, report.runs)
+        touched = [r.run_id for r in report.runs]
+        if touched:
+            refresh_run_health(con, touched)
         refresh_config_view(con)
+    if progress:
+        for result in report.runs:
+            progress(result.line())
+            for err in result.errors:
+                progress(f"  bad row: {err}")
+            for warning in result.warnings:
+                progress(f"  note: {warning}")
     return report
+
+
+def _store_errors(con: duckdb.DuckDBPyConnection, runs: Sequence[RunResult]) -> None:
+    errors = [(r.run_id, e) for r in runs for e in r.errors]
+    if not errors:
+        return
+    con.execute(
+        "DELETE FROM ingest_errors t USING (SELECT unnest(?::VARCHAR[]) AS run_id, "
+        "unnest(?::VARCHAR[]) AS path, unnest(?::BIGINT[]) AS line) k "
+        "WHERE t.run_id = k.run_id AND t.path = k.path AND t.line IS NOT DISTINCT FROM k.line",
+        [[r for r, _ in errors], [e.path for _, e in errors], [e.line for _, e in errors]],
+    )
+    _insert_columns(
+        con,
+        "ingest_errors",
+        {
+            "run_id": ("VARCHAR", [r for r, _ in errors]),
+            "path": ("VARCHAR", [e.path for _, e in errors]),
+            "line": ("BIGINT", [e.line for _, e in errors]),
+            "column_name": ("VARCHAR", [e.column for _, e in errors]),
+            "error_type": ("VARCHAR", [e.error_type for _, e in errors]),
+            "message": ("VARCHAR", [e.message for _, e in errors]),
+            "raw_line": ("VARCHAR", [e.raw_line for _, e in errors]),
+        },
+    )
+    con.execute("UPDATE ingest_errors SET ingested_at = now() WHERE ingested_at IS NULL")

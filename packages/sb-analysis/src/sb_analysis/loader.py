@@ -11,14 +11,8 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() "
-        "WHERE table_name = ? AND schema_name = 'main' AND database_name = current_database() "
-        "ORDER BY column_index",
-        [table],
-    ).fetchall()
-    return {name: typ for name, typ in rows}
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()]
 
 
 def ensure_columns(con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[str, str]) -> list[str]:
@@ -33,35 +27,44 @@ def ensure_columns(con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[
 
 
 def upsert_staged(
-    con: duckdb.DuckDBPyConnection, table: str, staged: str, run_id: str, key: Iterable[str]
-) -> tuple[int, int]:
-    """Insert the staged rows of one run into `table`; a staged row replaces the row with the same key.
+    con: duckdb.DuckDBPyConnection, table: str, staged: str, key: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """Insert staged rows (of one or more runs) into `table`; a staged row replaces the stored row with
+    the same (run_id, key).
 
     Rows with a NULL key are dropped. Within the staged batch the last row for a key wins (rowid order,
-    i.e. file order). Returns (new keys, replaced keys).
+    i.e. file order). Returns {run_id: (new rows, replaced rows)}.
     """
-    key = list(key)
-    key_sql = ", ".join(quote_ident(k) for k in key)
-    con.execute(f"DELETE FROM {staged} WHERE " + " OR ".join(f"{quote_ident(k)} IS NULL" for k in key))
-    total, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key_sql})) FROM {staged}").fetchall()[0]
-    if total == 0:
-        return 0, 0
-    if distinct != total:
+    full_key = ["run_id", *key]
+    key_sql = ", ".join(quote_ident(k) for k in full_key)
+    null_sql = " OR ".join(f"{quote_ident(k)} IS NULL" for k in full_key)
+    total, distinct, nulls = con.execute(
+        f"SELECT count(*), count(DISTINCT ({key_sql})), count(*) FILTER (WHERE {null_sql}) FROM {staged}"
+    ).fetchall()[0]
+    if nulls:
+        con.execute(f"DELETE FROM {staged} WHERE {null_sql}")
+    if total - nulls == 0:
+        return {}
+    if distinct != total - nulls:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {staged}_dedup AS SELECT * FROM {staged} "
             f"QUALIFY row_number() OVER (PARTITION BY {key_sql} ORDER BY rowid DESC) = 1"
         )
         con.execute(f"DROP TABLE {staged}")
         con.execute(f"ALTER TABLE {staged}_dedup RENAME TO {staged}")
-    replaced = 0
-    has_rows = con.execute(f"SELECT 1 FROM {table} WHERE run_id = ? LIMIT 1", [run_id]).fetchall()
-    if has_rows:
-        match = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in key)
-        replaced = con.execute(
-            f"SELECT count(*) FROM {table} t JOIN {staged} n ON {match} WHERE t.run_id = ?", [run_id]
-        ).fetchall()[0][0]
-        if replaced:
-            con.execute(f"DELETE FROM {table} t USING {staged} n WHERE t.run_id = ? AND {match}", [run_id])
-    n_rows = con.execute(f"SELECT count(*) FROM {staged}").fetchall()[0][0]
+    counts = {
+        run: [n, 0]
+        for run, n in con.execute(f"SELECT run_id, count(*) FROM {staged} GROUP BY run_id").fetchall()
+    }
+    existing = con.execute(
+        f"SELECT 1 FROM {table} WHERE run_id IN (SELECT DISTINCT run_id FROM {staged}) LIMIT 1"
+    ).fetchall()
+    if existing:
+        match = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in full_key)
+        for run, n in con.execute(
+            f"SELECT t.run_id, count(*) FROM {table} t JOIN {staged} n ON {match} GROUP BY t.run_id"
+        ).fetchall():
+            counts[run][1] = n
+        con.execute(f"DELETE FROM {table} t USING {staged} n WHERE {match}")
     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
-    return n_rows - replaced, replaced
+    return {run: (n - replaced, replaced) for run, (n, replaced) in counts.items()}

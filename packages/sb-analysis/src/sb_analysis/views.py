@@ -162,10 +162,13 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('views', ?)", [fingerprint])
 
 
-def refresh_run_health(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Recompute the cached health summary of one run."""
-    con.execute("DELETE FROM run_health WHERE run_id = ?", [run_id])
-    con.execute("INSERT INTO run_health SELECT * FROM run_health_live WHERE run_id = ?", [run_id])
+def refresh_run_health(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
+    """Recompute the cached health summary of these runs."""
+    con.execute("DELETE FROM run_health WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [run_ids])
+    con.execute(
+        "INSERT INTO run_health SELECT * FROM run_health_live WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        [run_ids],
+    )
 
 
 def _create_all_views(con: duckdb.DuckDBPyConnection) -> None:
