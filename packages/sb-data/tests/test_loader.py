@@ -284,6 +284,10 @@ def test_state_from_other_data_is_refused(stream_files, doc_files, tmp_path):
         DistributedTokenLoader(stream_files, 4, shuffle_shards=True).load_state_dict(state)
     with pytest.raises(ValueError, match="format"):
         loader.load_state_dict({"step": 3})
+    with pytest.raises(ValueError, match="corrupt loader state"):
+        loader.load_state_dict(dict(state, position=STREAM_SIZES[0]))
+    with pytest.raises(ValueError, match="corrupt loader state"):
+        loader.load_state_dict(dict(state, shard=len(STREAM_SIZES)))
 
 
 # -- background loading ----------------------------------------------------------------------------

@@ -278,7 +278,10 @@ class DistributedTokenLoader:
                 f"this loader has shuffle_shards={self.shards.shuffle}, seed={self.shards.seed}"
             )
         epoch, shard, pos = int(state["epoch"]), int(state["shard"]), int(state["position"])
-        if epoch < 0 or not 0 <= shard < self.shards.num_shards or pos < 0:
+        bad = epoch < 0 or not 0 <= shard < self.shards.num_shards or pos < 0
+        if not bad and self.mode == "contiguous":
+            bad = pos > 0 and pos >= self.shards.sizes[self.shards.file_at(epoch, shard)]
+        if bad:
             raise ValueError(f"corrupt loader state: epoch={epoch}, shard={shard}, position={pos}")
         self._cursor = Cursor(epoch, shard, pos)
         self.step = int(state["step"])
