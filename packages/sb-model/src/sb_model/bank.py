@@ -141,7 +141,8 @@ class SharedExpertBank(nn.Module):
             out = term if out is None else out + term
         assert out is not None
         out = out + self.router_b[layer_idx]
-        return out.float().reshape(-1, cfg.num_experts)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # float32 logits (float64 stays float64)
+        return out.reshape(-1, cfg.num_experts)
 
     def _expert_impl(self, x: Tensor) -> tuple[str, int]:
         cfg = self.config
@@ -238,7 +239,7 @@ class SharedExpertBank(nn.Module):
         N, k = r.topk_idx.shape
         importance = r.probs.mean(dim=0)
         with torch.no_grad():
-            top1 = torch.zeros_like(importance).scatter_add_(0, r.topk_idx[:, 0], r.valid[:, 0].float()) / N
+            top1 = torch.zeros_like(importance).scatter_add_(0, r.topk_idx[:, 0], r.valid[:, 0].to(importance.dtype)) / N
         n_active = sched.active_mask.sum()
         aux = reference_aux_loss(
             importance,

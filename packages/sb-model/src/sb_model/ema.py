@@ -1,6 +1,6 @@
 """Vectorised, causal EMA context features for the routers (spec 2.8.4).
 
-All functions take activations shaped (B, T, D) and return the same shape, computed in float32 and cast back to
+All functions take activations shaped (B, T, D) and return the same shape, computed in float32 (float64 inputs stay float64) and cast back to
 the input dtype. None of them loops in Python over tokens, documents or blocks, and none reads a tensor value
 on the host, so they trace into one graph under ``torch.compile(fullgraph=True)``.
 """
@@ -11,6 +11,11 @@ import torch
 from torch import Tensor
 
 DEFAULT_CHUNK = 64
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for 16-bit activations, float64 kept for float64 (gradcheck)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def document_ids(doc_start: Tensor) -> Tensor:
@@ -34,11 +39,12 @@ def segmented_ema(x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None =
         segment_ids = torch.zeros(B, T, dtype=torch.int64, device=x.device)
     if segment_ids.shape != (B, T):
         raise ValueError(f"segment_ids must have shape (B, T)={(B, T)}, got {tuple(segment_ids.shape)}")
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=x.device)
+    cdt = _compute_dtype(x)
+    a = torch.as_tensor(alpha, device=x.device).to(cdt)
     C = max(1, min(chunk, T))
     nc = -(-T // C)
     pad = nc * C - T
-    xf = x.float()
+    xf = x.to(cdt)
     seg = segment_ids
     if pad:
         xf = torch.nn.functional.pad(xf, (0, 0, 0, pad))
@@ -49,7 +55,7 @@ def segmented_ema(x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None =
     idx = torch.arange(C, device=x.device)
     lag = idx[:, None] - idx[None, :]  # j - i
     causal = lag >= 0
-    decay = torch.where(causal, a ** lag.clamp(min=0).float(), torch.zeros((), device=x.device))  # (C, C)
+    decay = torch.where(causal, a ** lag.clamp(min=0).to(cdt), torch.zeros((), device=x.device))  # (C, C)
     same = sc[:, :, :, None] == sc[:, :, None, :]  # (B, nc, C, C)
     local_w = (1 - a) * decay * same
     y_local = local_w @ xc  # (B, nc, C, D)
@@ -60,12 +66,12 @@ def segmented_ema(x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None =
     end_seg = sc[:, :, -1]  # (B, nc)
     bidx = torch.arange(nc, device=x.device)
     blag = bidx[:, None] - bidx[None, :]
-    bdecay = torch.where(blag >= 0, (a**C) ** blag.clamp(min=0).float(), torch.zeros((), device=x.device))
+    bdecay = torch.where(blag >= 0, (a**C) ** blag.clamp(min=0).to(cdt), torch.zeros((), device=x.device))
     bsame = end_seg[:, :, None] == end_seg[:, None, :]
     carry = (bdecay * bsame) @ last  # (B, nc, D): full EMA value at the end of each chunk
     prev = torch.cat([torch.zeros_like(carry[:, :1]), carry[:, :-1]], dim=1)  # value entering chunk b
     prev_seg = torch.cat([torch.full_like(end_seg[:, :1], -1), end_seg[:, :-1]], dim=1)
-    inherit = (sc == prev_seg[:, :, None]).float() * a ** (idx + 1).float()  # (B, nc, C)
+    inherit = (sc == prev_seg[:, :, None]).to(cdt) * a ** (idx + 1).to(cdt)  # (B, nc, C)
     y = y_local + inherit[..., None] * prev[:, :, None, :]
     return y.reshape(B, nc * C, D)[:, :T].to(x.dtype)
 
@@ -94,14 +100,14 @@ def causal_reverse_snapshot(x: Tensor, alpha: Tensor | float, doc_start: Tensor,
             f"{tuple(doc_start.shape)}"
         )
     B, T, D = x.shape
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=x.device)
+    a = torch.as_tensor(alpha, device=x.device).to(_compute_dtype(x))
     pos = torch.arange(T, device=x.device).expand(B, T)
     starts = doc_start.clone()
     starts[:, 0] = True
     last_start = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
     ready = (pos - last_start) >= window
     src = (last_start + (window - 1)).clamp(max=T - 1)
-    snap = torch.gather(x.float(), 1, src[..., None].expand(B, T, D))
+    snap = torch.gather(x.to(a.dtype), 1, src[..., None].expand(B, T, D))
     out = (1 - a) * snap * ready[..., None]
     return out.to(x.dtype)
 

@@ -47,9 +47,10 @@ def shape_logits(
     A cap <= 0 means "no cap". ``hard`` clamps to [-cap, cap] like the reference (saturated logits get zero
     gradient); ``tanh`` is the soft cap cap·tanh(z/cap), which keeps a gradient everywhere.
     """
-    z = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    z = raw.to(torch.promote_types(raw.dtype, torch.float32))
+    z = torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
     if gumbel is not None:
-        z = z + gumbel.to(z.dtype) * gumbel_noise(z.shape, z.device)
+        z = z + gumbel.to(z.dtype) * gumbel_noise(z.shape, z.device).to(z.dtype)
     z = z / temperature.to(z.dtype).clamp(min=1e-6)
     cap = logit_cap.to(z.dtype)
     on = cap > 0
