@@ -64,8 +64,7 @@ def metrics_per_step(run: Path) -> int:
     return scalars + router * layers
 
 
-def naive_load(root: Path, db: Path) -> float:
-    start = time.perf_counter()
+def naive_load(root: Path, db: Path) -> None:
     con = duckdb.connect(str(db))
     for name in ("scalars", "router"):
         pattern = str(root / "runs" / "*" / f"{name}.csv")
@@ -74,13 +73,13 @@ def naive_load(root: Path, db: Path) -> float:
             "filename = true)"
         )
     con.close()
-    return time.perf_counter() - start
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def append_steps(run: Path, extra: int) -> None:
@@ -133,12 +132,11 @@ def main() -> None:
 
         db = work / "runs.duckdb"
         t_ingest = timed(lambda: ingest([work / "runs"], db))
-        t_naive = naive_load(work, work / "naive.duckdb")
+        t_naive = timed(lambda: naive_load(work, work / "naive.duckdb"))
         t_noop = timed(lambda: ingest([work / "runs"], db))
         for run in runs[:10]:
             append_steps(run, 100)
         t_incr = timed(lambda: ingest([work / "runs"], db))
-        t_incr_inplace = None
         for run in runs[10:20]:
             append_steps(run, 100)
         t_incr_inplace = timed(lambda: ingest([work / "runs"], db, in_place=True))
@@ -178,16 +176,19 @@ def main() -> None:
             f"{db.stat().st_size / 2**20:.0f} MiB"
         )
         print()
-        print("| ingest | seconds | vs naive union_by_name load |")
-        print("|---|---|---|")
-        print(f"| naive DuckDB load (baseline: sniffed types, no row checks) | {t_naive:.2f} | 1.00 |")
-        print(
-            f"| sb-analysis ingest, {args.runs} runs x {args.steps} steps, empty db | {t_ingest:.2f} | "
-            f"{t_ingest / t_naive:.2f} |"
-        )
-        print(f"| re-ingest, nothing new | {t_noop:.2f} | {t_noop / t_naive:.2f} |")
-        print(f"| incremental: +100 steps in 10 runs | {t_incr:.2f} | {t_incr / t_naive:.2f} |")
-        print(f"| incremental, --in-place | {t_incr_inplace:.2f} | {t_incr_inplace / t_naive:.2f} |")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} (1 min)")
+        print()
+        print("| ingest | wall s | CPU s | wall vs baseline |")
+        print("|---|---|---|---|")
+        rows_out = [
+            ("baseline: DuckDB read_csv union_by_name (sniffed types, no row checks)", t_naive),
+            (f"sb-analysis ingest, {args.runs} runs x {args.steps} steps, new database", t_ingest),
+            ("re-ingest, nothing new", t_noop),
+            ("incremental: +100 steps in 10 runs", t_incr),
+            ("incremental: +100 steps in 10 runs, --in-place", t_incr_inplace),
+        ]
+        for label, (wall, cpu) in rows_out:
+            print(f"| {label} | {wall:.2f} | {cpu:.2f} | {wall / t_naive[0]:.2f} |")
         print()
         print("| query | median ms |")
         print("|---|---|")

@@ -233,3 +233,20 @@ def test_run_directory_of_copies_keeps_ids(run_root, tmp_path):
     report = ingest([copy], db)  # same run id from another path: rows are replaced, not doubled
     assert report.runs[0].new_rows["steps"] == 0
     assert counts(db)["steps"] == 301
+
+
+def test_changed_view_definitions_rebuild_derived_data(run_root, tmp_path):
+    db = tmp_path / "r.duckdb"
+    ingest([run_root / "collapsed"], db)
+    with RunDB(db) as rdb:
+        before = rdb.sql("SELECT * FROM router_steps ORDER BY step")
+        health = rdb.health("collapsed")
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE sb_meta SET value = 'older-version' WHERE key = 'views'")
+    con.execute("UPDATE router_layers SET health_score = NULL")
+    con.execute("DELETE FROM router_steps")
+    con.close()
+    ingest([run_root / "collapsed"], db)
+    with RunDB(db) as rdb:
+        assert rdb.sql("SELECT * FROM router_steps ORDER BY step").equals(before)
+        assert rdb.health("collapsed").equals(health)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import duckdb
 
-from .derive import derive_layers, refresh_router_steps
-from .loader import ensure_columns, quote_ident, upsert_staged
+from .derive import derived_select, refresh_router_steps
+from .loader import ensure_columns, has_rows_for_runs, quote_ident, upsert_staged
 from .logformat import EXPERT_COLUMN, EXPERT_FAMILIES, LogFormatError, TableSpec, column_types, expert_counts
 
 
@@ -302,13 +302,17 @@ def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> No
     columns_sql = "{" + ", ".join(f"'{name}': '{typ}'" for name, typ in first.types.items()) + "}"
     con.execute("DROP TABLE IF EXISTS _sb_rejects")
     con.execute("DROP TABLE IF EXISTS _sb_rejects_scan")
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _sb_new AS SELECT {first.select} FROM read_csv(?, header = true, "
+    files = "[" + ", ".join("'" + str(p.source).replace("'", "''") + "'" for p in group) + "]"
+    query = (
+        f"SELECT {first.select} FROM read_csv({files}, header = true, "
         f"auto_detect = false, columns = {columns_sql}, delim = ',', quote = '\"', escape = '\"', "
         "filename = '_sb_file', store_rejects = true, rejects_table = '_sb_rejects', "
-        "rejects_scan = '_sb_rejects_scan') c JOIN _sb_files f ON c._sb_file = f._sb_source",
-        [[p.source for p in group]],
+        "rejects_scan = '_sb_rejects_scan') c JOIN _sb_files f ON c._sb_file = f._sb_source"
     )
+    if spec.kind == "router":  # parse and derive in one pass
+        columns = {"run_id", "_sb_file", *first.needed, *expert_counts(list(first.types))}
+        query = derived_select(f"({query})", columns, first.n_experts)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_new AS {query}")
     # DuckDB reports one reject per bad cell (e.g. one per missing column); keep the first per line
     rejects = con.execute(
         "SELECT s.file_path, r.line, r.column_name, r.error_type, r.csv_line, r.error_message "
@@ -334,12 +338,11 @@ def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> No
             )
         )
     con.execute("ALTER TABLE _sb_new DROP COLUMN _sb_file")
-    if spec.kind == "router":
-        derive_layers(con, "_sb_new", first.n_experts)
     ensure_columns(con, spec.db_table, first.needed)
+    fresh = not has_rows_for_runs(con, spec.db_table, "_sb_new")
     per_run = upsert_staged(con, spec.db_table, "_sb_new", spec.key)
     if spec.kind == "router":
-        refresh_router_steps(con, "_sb_new")
+        refresh_router_steps(con, "_sb_new", fresh=fresh)
     con.execute("DROP TABLE IF EXISTS _sb_new")
     con.execute("DROP TABLE IF EXISTS _sb_files")
     for plan in group:  # one file per run in a group (same segment, same table)

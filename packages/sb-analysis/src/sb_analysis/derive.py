@@ -128,25 +128,36 @@ def create_router_tables(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def derive_layers(con: duckdb.DuckDBPyConnection, staged: str, n_experts: int | None) -> None:
-    """Replace the staged router rows by their derived form (adds the columns listed above)."""
-    have = {row[0] for row in con.execute(f"DESCRIBE {staged}").fetchall()}
+def derived_select(relation: str, columns: set[str], n_experts: int | None) -> str:
+    """SELECT that turns router rows (a table name or a parenthesised query with these columns) into
+    their derived form; absent inputs are treated as NULL."""
     missing = [
         f"NULL::{typ} AS {quote_ident(name)}"
         for name, typ in {**INPUT_COLUMNS, **DERIVED_LAYER_COLUMNS}.items()
-        if name not in have
+        if name not in columns
     ]
-    source = f"(SELECT *{''.join(', ' + m for m in missing)} FROM {staged})"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {staged}_derived AS " + DERIVE_LAYERS.format(source=source),
-        {"n_experts": n_experts},
-    )
+    source = f"(SELECT *{''.join(', ' + m for m in missing)} FROM {relation})"
+    experts = "NULL" if n_experts is None else str(int(n_experts))
+    return DERIVE_LAYERS.replace("$n_experts", experts).format(source=source)
+
+
+def derive_layers(con: duckdb.DuckDBPyConnection, staged: str, n_experts: int | None) -> None:
+    """Replace the staged router rows by their derived form (adds the columns listed above)."""
+    have = {row[0] for row in con.execute(f"DESCRIBE {staged}").fetchall()}
+    query = derived_select(staged, have, n_experts)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {staged}_derived AS {query}")
     con.execute(f"DROP TABLE {staged}")
     con.execute(f"ALTER TABLE {staged}_derived RENAME TO {staged}")
 
 
-def refresh_router_steps(con: duckdb.DuckDBPyConnection, staged: str) -> None:
-    """Recompute router_steps for the (run_id, step) pairs of `staged` (already upserted)."""
+def refresh_router_steps(con: duckdb.DuckDBPyConnection, staged: str, fresh: bool = False) -> None:
+    """Recompute router_steps for the (run_id, step) pairs of `staged` (already upserted).
+
+    `fresh`: the runs had no router rows before this batch, so the staged rows are all there is.
+    """
+    if fresh:
+        con.execute("INSERT INTO router_steps BY NAME " + STEP_AGGREGATE.format(source=staged))
+        return
     con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_keys AS SELECT DISTINCT run_id, step FROM {staged}")
     con.execute("DELETE FROM router_steps t USING _sb_keys k WHERE t.run_id = k.run_id AND t.step = k.step")
     con.execute(

@@ -26,6 +26,12 @@ def ensure_columns(con: duckdb.DuckDBPyConnection, table: str, columns: Mapping[
     return added
 
 
+def has_rows_for_runs(con: duckdb.DuckDBPyConnection, table: str, staged: str) -> bool:
+    return bool(con.execute(
+        f"SELECT 1 FROM {table} WHERE run_id IN (SELECT DISTINCT run_id FROM {staged}) LIMIT 1"
+    ).fetchall())
+
+
 def upsert_staged(
     con: duckdb.DuckDBPyConnection, table: str, staged: str, key: Iterable[str]
 ) -> dict[str, tuple[int, int]]:
@@ -56,15 +62,17 @@ def upsert_staged(
         run: [n, 0]
         for run, n in con.execute(f"SELECT run_id, count(*) FROM {staged} GROUP BY run_id").fetchall()
     }
-    existing = con.execute(
-        f"SELECT 1 FROM {table} WHERE run_id IN (SELECT DISTINCT run_id FROM {staged}) LIMIT 1"
-    ).fetchall()
-    if existing:
+    if has_rows_for_runs(con, table, staged):
         match = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in full_key)
         for run, n in con.execute(
             f"SELECT t.run_id, count(*) FROM {table} t JOIN {staged} n ON {match} GROUP BY t.run_id"
         ).fetchall():
             counts[run][1] = n
         con.execute(f"DELETE FROM {table} t USING {staged} n WHERE {match}")
-    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
+    # row order inside the table does not matter: let DuckDB write in parallel
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
+    finally:
+        con.execute("RESET preserve_insertion_order")
     return {run: (n - replaced, replaced) for run, (n, replaced) in counts.items()}

@@ -11,7 +11,7 @@ import json
 
 import duckdb
 
-from .derive import MACROS, rebuild_all
+from .derive import DERIVE_LAYERS, MACROS, STEP_AGGREGATE, rebuild_all
 
 WINDOWS_PER_RUN = 10
 
@@ -134,6 +134,8 @@ def _views_fingerprint() -> str:
     text = "".join(
         [
             MACROS,
+            DERIVE_LAYERS,
+            STEP_AGGREGATE,
             ROUTER_LAYER_METRICS,
             ROUTER_STEP_HEALTH,
             ROUTER_EXPERTS,
