@@ -250,3 +250,31 @@ def test_changed_view_definitions_rebuild_derived_data(run_root, tmp_path):
     with RunDB(db) as rdb:
         assert rdb.sql("SELECT * FROM router_steps ORDER BY step").equals(before)
         assert rdb.health("collapsed").equals(health)
+
+
+def test_reader_of_an_in_place_writer_gets_a_clear_busy_error(run_root, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from sb_analysis import DatabaseBusyError
+
+    db = tmp_path / "r.duckdb"
+    ingest([run_root / "healthy"], db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "time.sleep(30)", str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        start = time.monotonic()
+        with pytest.raises(DatabaseBusyError, match="locked by another process"):
+            RunDB(db, timeout_s=0.5)
+        assert time.monotonic() - start < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDB(db) as rdb:                      # free again once the writer is gone
+        assert rdb.runs().height == 1

@@ -12,6 +12,7 @@ import polars as pl
 from .compare import DEFAULT_TARGET_LOSS, compare_runs
 from .db import DEFAULT_DB, connect_read_only
 from .health import findings
+from .views import window_query
 
 
 class RunDB:
@@ -112,10 +113,9 @@ class RunDB:
 
     def health_windows(self, run_id: str, window: int | None = None, per_layer: bool = False) -> pl.DataFrame:
         """Window aggregates of the guide's metrics and the composite score (per run or per layer)."""
-        view = "router_layer_window_health" if per_layer else "router_window_health"
-        source = f"{view}_w({int(window)})" if window else view
         order = "layer, window_idx" if per_layer else "window_idx"
-        return self.sql(f"SELECT * FROM {source} WHERE run_id = ? ORDER BY {order}", [run_id])
+        query = window_query(per_layer=per_layer, window=window, run_id=run_id)
+        return self.sql(f"SELECT * FROM ({query}) ORDER BY {order}")
 
     def compare(self, run_ids: Sequence[str], target_loss: float = DEFAULT_TARGET_LOSS) -> pl.DataFrame:
         return compare_runs(self._con, run_ids, target_loss)

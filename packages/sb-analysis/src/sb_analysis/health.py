@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
+from .views import window_query
+
 SEVERITY_ORDER = {"bad": 0, "warn": 1, "info": 2, "ok": 3}
 FINDING_SCHEMA = {
     "run_id": pl.String,
@@ -270,21 +272,12 @@ def _merge_windows(
     return out
 
 
-def _window_source(view: str, window: int | None) -> str:
-    return f"{view}_w({int(window)})" if window else view
-
-
 def findings(
     con: duckdb.DuckDBPyConnection, run_id: str, window: int | None = None, min_collapse_points: int = 3
 ) -> pl.DataFrame:
     """Plain-language router-health findings of one run, worst first."""
-    layer_windows = con.sql(
-        f"SELECT * FROM {_window_source('router_layer_window_health', window)} WHERE run_id = ?",
-        params=[run_id],
-    ).pl()
-    run_windows = con.sql(
-        f"SELECT * FROM {_window_source('router_window_health', window)} WHERE run_id = ?", params=[run_id]
-    ).pl()
+    layer_windows = con.sql(window_query(per_layer=True, window=window, run_id=run_id)).pl()
+    run_windows = con.sql(window_query(per_layer=False, window=window, run_id=run_id)).pl()
     if run_windows.is_empty():
         return pl.DataFrame(
             [

@@ -41,7 +41,20 @@ def _bounds(source: str) -> str:
     )
 
 
-def run_window_sql(window: str) -> str:
+def _filtered(source: str, run_id: str | None) -> str:
+    if run_id is None:
+        return source
+    return f"(SELECT * FROM {source} WHERE run_id = '{run_id.replace(chr(39), chr(39) * 2)}')"
+
+
+def window_query(per_layer: bool, window: int | None = None, run_id: str | None = None) -> str:
+    """The window-health SQL for one run (computed for that run only), with a fixed or default window."""
+    size = str(int(window)) if window else _default_window()
+    return layer_window_sql(size, run_id) if per_layer else run_window_sql(size, run_id)
+
+
+def run_window_sql(window: str, run_id: str | None = None) -> str:
+    source = _filtered("router_step_health", run_id)
     return f"""
     SELECT h.run_id, {_window_expr(window)} AS window_idx, min(step) AS step_from, max(step) AS step_to,
         count(*) AS n_steps,
@@ -52,12 +65,13 @@ def run_window_sql(window: str) -> str:
         avg(frac_dem_max - frac_srv_max) AS dem_srv_gap, avg(drop_frac_mean) AS drop_frac_mean,
         avg(collapsed::DOUBLE) AS collapsed_frac, avg(router_clipped::DOUBLE) AS clipped_frac,
         avg(health_score) AS health_score, any_value(n_experts) AS n_experts
-    FROM router_step_health h JOIN {_bounds("router_step_health")} USING (run_id)
+    FROM {source} h JOIN {_bounds(source)} USING (run_id)
     GROUP BY h.run_id, window_idx
     """
 
 
-def layer_window_sql(window: str) -> str:
+def layer_window_sql(window: str, run_id: str | None = None) -> str:
+    source = _filtered("router_layer_metrics", run_id)
     return f"""
     SELECT m.run_id, layer, {_window_expr(window)} AS window_idx,
         min(step) AS step_from, max(step) AS step_to,
@@ -67,7 +81,7 @@ def layer_window_sql(window: str) -> str:
         avg(collapsed_rule::DOUBLE) AS collapsed_frac, mode(top_expert) AS top_expert,
         avg(frac_dem_max - frac_srv_max) AS dem_srv_gap,
         avg(health_score) AS health_score, any_value(n_experts) AS n_experts
-    FROM router_layer_metrics m JOIN {_bounds("router_layer_metrics")} USING (run_id)
+    FROM {source} m JOIN {_bounds(source)} USING (run_id)
     GROUP BY m.run_id, layer, window_idx
     """
 
