@@ -41,8 +41,18 @@ def make_bank():
     return make
 
 
-def reference_bank_forward(bank: sm.SharedExpertBank, x, layer_idx, flags, ema_fwd=None, ema_rev=None, *,
-                           temperature=1.0, logit_cap=0.0, active=None):
+def reference_bank_forward(
+    bank: sm.SharedExpertBank,
+    x,
+    layer_idx,
+    flags,
+    ema_fwd=None,
+    ema_rev=None,
+    *,
+    temperature=1.0,
+    logit_cap=0.0,
+    active=None,
+):
     """Dense transcription: concat features, one matmul, temperature, hard cap, mask, softmax, top-k, every
     expert on every token, gate by raw probability."""
     cfg = bank.config

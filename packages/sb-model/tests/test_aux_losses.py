@@ -23,7 +23,9 @@ def spec_aux(imp, load, n_active, n_live, lb, ent, mult):
         return 0.0
     h_star = math.log(n_active)
     gap = lambda h: max(0.0, abs(h_star - h) / h_star)  # noqa: E731
-    return lb * mult * (spec_cv2(imp) + spec_cv2(load)) + ent * (gap(spec_entropy(load)) + gap(spec_entropy(imp)))
+    return lb * mult * (spec_cv2(imp) + spec_cv2(load)) + ent * (
+        gap(spec_entropy(load)) + gap(spec_entropy(imp))
+    )
 
 
 @pytest.mark.parametrize("n_active", [1, 2, 5, 8])
@@ -31,8 +33,15 @@ def test_reference_aux_matches_spec(n_active):
     torch.manual_seed(n_active)
     imp = torch.softmax(torch.randn(8), 0)
     load = torch.softmax(torch.randn(8) * 3, 0)
-    got = sm.reference_aux_loss(imp, load, torch.tensor(n_active), torch.tensor(n_active), lb_coeff=2.15e-3,
-                                entropy_coeff=2.5e-3, lb_mult=torch.tensor(1.4))
+    got = sm.reference_aux_loss(
+        imp,
+        load,
+        torch.tensor(n_active),
+        torch.tensor(n_active),
+        lb_coeff=2.15e-3,
+        entropy_coeff=2.5e-3,
+        lb_mult=torch.tensor(1.4),
+    )
     expect = spec_aux(imp.tolist(), load.tolist(), n_active, n_active, 2.15e-3, 2.5e-3, 1.4)
     assert got.item() == pytest.approx(expect, rel=1e-5, abs=1e-9)
 
@@ -77,8 +86,11 @@ def test_optional_losses_are_added(make_bank, tokens):
     logits = extra.router_logits(x, 0, flags, None, None)
     probs = torch.softmax(logits, -1)
     frac = torch.bincount(probs.argmax(-1), minlength=4).float() / 30
-    expect = a0 + 0.01 * sm.switch_load_balancing_loss(frac, probs.mean(0)) + 1e-3 * sm.router_z_loss(
-        logits, torch.ones(4, dtype=torch.bool))
+    expect = (
+        a0
+        + 0.01 * sm.switch_load_balancing_loss(frac, probs.mean(0))
+        + 1e-3 * sm.router_z_loss(logits, torch.ones(4, dtype=torch.bool))
+    )
     assert a1.item() == pytest.approx(expect.item(), rel=1e-5)
 
 

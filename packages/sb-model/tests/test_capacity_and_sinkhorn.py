@@ -8,7 +8,9 @@ from sb_model.dispatch import build_dispatch, capacity_for, position_major_prior
 def test_dispatch_layout_dropless():
     idx = torch.tensor([[2], [0], [2], [1], [2]])
     valid = torch.ones(5, 1, dtype=torch.bool)
-    d = build_dispatch(idx, valid, position_major_priority(1, 5, 1, torch.device("cpu")), 4, capacity=None, align=1)
+    d = build_dispatch(
+        idx, valid, position_major_priority(1, 5, 1, torch.device("cpu")), 4, capacity=None, align=1
+    )
     assert d.offs.tolist() == [1, 2, 5, 5]
     assert d.row_token.tolist() == [1, 3, 0, 2, 4]
     assert d.row_expert.tolist() == [0, 1, 2, 2, 2]
@@ -19,7 +21,9 @@ def test_dispatch_layout_dropless():
 def test_dispatch_alignment_pads_groups():
     idx = torch.tensor([[2], [0], [2], [1], [2]])
     valid = torch.ones(5, 1, dtype=torch.bool)
-    d = build_dispatch(idx, valid, position_major_priority(1, 5, 1, torch.device("cpu")), 4, capacity=None, align=4)
+    d = build_dispatch(
+        idx, valid, position_major_priority(1, 5, 1, torch.device("cpu")), 4, capacity=None, align=4
+    )
     offs = d.offs.tolist()
     assert offs[:3] == [4, 8, 12] and offs[-1] == d.row_token.numel() and offs[-1] % 4 == 0
     assert (d.row_expert[d.dest[:, 0]] == idx[:, 0]).all()
@@ -58,8 +62,13 @@ def test_bank_capacity_mode_accounting(make_bank, tokens):
     dropless = make_bank(topk=2, use_reverse_ema=False)
     y_full, _ = dropless(x, 0, dropless.context(flags))
     assert not torch.allclose(y, y_full)
-    disp = build_dispatch(r.topk_idx, r.valid, position_major_priority(1, 40, 2, x.device), 4,
-                          capacity=capacity_for(40, 2, 4, 0.5))
+    disp = build_dispatch(
+        r.topk_idx,
+        r.valid,
+        position_major_priority(1, 40, 2, x.device),
+        4,
+        capacity=capacity_for(40, 2, 4, 0.5),
+    )
     fully_served = disp.served.all(-1)
     torch.testing.assert_close(y[0, fully_served], y_full[0, fully_served])
 

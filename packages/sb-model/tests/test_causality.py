@@ -66,8 +66,9 @@ FEATURES = {
     "reverse_document_ema": dict(use_reverse_ema=True, reverse_ema_mode="document_ema"),
     "forward_ema_windowed": dict(use_forward_ema=True, use_reverse_ema=False, ema_window_fwd=48),
     "forward_ema_full": dict(use_forward_ema=True, use_reverse_ema=False, ema_window_fwd=0),
-    "all_features_stride2": dict(use_forward_ema=True, use_reverse_ema=True, ema_window_rev=4, ema_layer_stride=2,
-                                 ema_window_fwd=0),
+    "all_features_stride2": dict(
+        use_forward_ema=True, use_reverse_ema=True, ema_window_rev=4, ema_layer_stride=2, ema_window_fwd=0
+    ),
     "top2_capacity": dict(topk=2, capacity_factor=0.6, ema_window_rev=4),
     "sigmoid_tanh_cap": dict(gating="sigmoid", logit_cap_mode="tanh", ema_window_rev=4),
 }
@@ -108,8 +109,10 @@ def test_checker_catches_the_records_leak():
     x2 = x.clone()
     x2[:, 10:] += 1.0
     assert not torch.equal(leaky(x)[:, :10], leaky(x2)[:, :10])
-    assert torch.equal(sm.causal_reverse_snapshot(x, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
-                       sm.causal_reverse_snapshot(x2, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10])
+    assert torch.equal(
+        sm.causal_reverse_snapshot(x, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
+        sm.causal_reverse_snapshot(x2, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
+    )
 
 
 def test_flags_match_a_per_token_transcription():

@@ -21,7 +21,9 @@ def _stack(bank):
 
 
 def _bank(make_bank, **kw):
-    base = dict(num_layers=2, topk=2, use_forward_ema=True, ema_window_fwd=0, ema_window_rev=4, z_loss_coeff=1e-3)
+    base = dict(
+        num_layers=2, topk=2, use_forward_ema=True, ema_window_fwd=0, ema_window_rev=4, z_loss_coeff=1e-3
+    )
     base.update(kw)
     return make_bank(**base)
 
@@ -32,7 +34,9 @@ def _schedules(bank):
     for i, (temp, cap, gumbel, active, frozen) in enumerate(
         [(1.1, 3.0, False, 2, False), (0.9, 0.0, True, 4, False), (1.0, 13.7, False, 3, True)]
     ):
-        sched.set_(temperature=temp, logit_cap=cap, gumbel=gumbel, active_experts=active, router_frozen=frozen)
+        sched.set_(
+            temperature=temp, logit_cap=cap, gumbel=gumbel, active_experts=active, router_frozen=frozen
+        )
         sched.lb_mult.fill_(1.0 + i)
         sched.temp_mult.fill_(1.0 + 0.1 * i)
         yield sched

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def naive_reverse_snapshot(x, a, starts, W):
     for b in range(B):
         s_list = [t for t in range(T) if t == 0 or starts[b, t]]
         bounds = [*s_list, T]
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        for s, e in itertools.pairwise(bounds):
             w = min(W, e - s)
             for t in range(s + w, e):
                 out[b, t] = (1 - a) * x[b, s + w - 1].double()
@@ -82,8 +84,14 @@ def test_causal_reverse_snapshot_matches_per_document_loop(W):
 
 
 def test_ema_features_are_shared_within_a_layer_stride_group(make_bank, tokens, reference_forward):
-    bank = make_bank(num_layers=4, use_forward_ema=True, use_reverse_ema=True, ema_layer_stride=2,
-                     ema_window_rev=4, ema_window_fwd=0)
+    bank = make_bank(
+        num_layers=4,
+        use_forward_ema=True,
+        use_reverse_ema=True,
+        ema_layer_stride=2,
+        ema_window_rev=4,
+        ema_window_fwd=0,
+    )
     flags = sm.build_router_flags(tokens(1, 32))
     ctx = bank.context(flags)
     xs = [torch.randn(1, 32, 16) for _ in range(4)]

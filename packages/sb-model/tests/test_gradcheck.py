@@ -14,7 +14,9 @@ def test_float64_gradcheck_tiny_bank(make_bank, tokens, features):
     if features == "ema":
         kw.update(use_forward_ema=True, ema_window_fwd=0, reverse_ema_mode="document_ema")
     else:
-        kw.update(use_reverse_ema=False, switch_lb_coeff=0.1, z_loss_coeff=0.1, lb_coeff=0.1, entropy_coeff=0.1)
+        kw.update(
+            use_reverse_ema=False, switch_lb_coeff=0.1, z_loss_coeff=0.1, lb_coeff=0.1, entropy_coeff=0.1
+        )
     bank = make_bank(**kw)
     flags = sm.build_router_flags(tokens(1, 10, doc_every=4)).double()
     x = torch.randn(1, 10, 4, dtype=torch.float64, requires_grad=True)

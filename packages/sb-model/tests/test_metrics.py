@@ -21,14 +21,22 @@ def test_metrics_match_direct_computation_and_read_once(make_bank, tokens, monke
         imp = probs.mean(0)
         load = torch.bincount(top.indices[:, 0], minlength=4).float() / 40
         dem = torch.bincount(top.indices.flatten(), minlength=4).float() / 80
-        expected.append(dict(
-            imp_cv2=sm.cv_squared(imp).item(), load_cv2=sm.cv_squared(load).item(),
-            usage_frac=(load > 0).float().mean().item(), topk_prob_mean=top.values.mean().item(),
-            top1_p_mean=top.values[:, 0].mean().item(), imp_entropy=sm.entropy(imp).item(),
-            load_entropy=sm.entropy(load).item(),
-            entropy_mean=(-(probs * probs.log()).sum(-1)).mean().item(), max_logit=logits.max().item(),
-            max_frac=dem.max().item(), num_active=float((dem > 0).sum()), drop_frac=0.0,
-        ))
+        expected.append(
+            dict(
+                imp_cv2=sm.cv_squared(imp).item(),
+                load_cv2=sm.cv_squared(load).item(),
+                usage_frac=(load > 0).float().mean().item(),
+                topk_prob_mean=top.values.mean().item(),
+                top1_p_mean=top.values[:, 0].mean().item(),
+                imp_entropy=sm.entropy(imp).item(),
+                load_entropy=sm.entropy(load).item(),
+                entropy_mean=(-(probs * probs.log()).sum(-1)).mean().item(),
+                max_logit=logits.max().item(),
+                max_frac=dem.max().item(),
+                num_active=float((dem > 0).sum()),
+                drop_frac=0.0,
+            )
+        )
     calls = []
     real_cpu = torch.Tensor.cpu
 
@@ -48,11 +56,27 @@ def test_metrics_match_direct_computation_and_read_once(make_bank, tokens, monke
         assert key in row
     assert "feat_w_ema_rev" not in row
     s = report.summary
-    for key in ("router/top1_p_mean", "router/max_frac_mean", "router/max_frac_max", "router/entropy_mean",
-                "router/active_min", "router/drop_frac_mean", "router/frac_srv_e0", "router/frac_dem_e3",
-                "router/frac_srv_max", "router/frac_dem_max", "router/collapsed", "router/imp_cv2",
-                "router/load_cv2", "router/usage_frac", "router/topk_prob_mean", "router/max_logit",
-                "router/aux_mean", "router_expert/e0", "router_expert/min_usage"):
+    for key in (
+        "router/top1_p_mean",
+        "router/max_frac_mean",
+        "router/max_frac_max",
+        "router/entropy_mean",
+        "router/active_min",
+        "router/drop_frac_mean",
+        "router/frac_srv_e0",
+        "router/frac_dem_e3",
+        "router/frac_srv_max",
+        "router/frac_dem_max",
+        "router/collapsed",
+        "router/imp_cv2",
+        "router/load_cv2",
+        "router/usage_frac",
+        "router/topk_prob_mean",
+        "router/max_logit",
+        "router/aux_mean",
+        "router_expert/e0",
+        "router_expert/min_usage",
+    ):
         assert key in s, key
     assert s["router/frac_srv_max"] == pytest.approx(s["router/frac_dem_max"])  # dropless
     assert s["router/collapsed"] == 0.0

@@ -10,22 +10,49 @@ RECORD_ACTIVATION = ((0, 1), (75, 2), (141, 3), (234, 4), (338, 5), (441, 6), (5
 
 @pytest.mark.parametrize(
     "step,temp",
-    [(0, 1.464), (75, 1.464), (100, 1.4345), (200, 1.3284), (359, 1.1955), (500, 1.1086), (1000, 0.9615),
-     (1500, 0.9378), (1750, 0.93744)],
+    [
+        (0, 1.464),
+        (75, 1.464),
+        (100, 1.4345),
+        (200, 1.3284),
+        (359, 1.1955),
+        (500, 1.1086),
+        (1000, 0.9615),
+        (1500, 0.9378),
+        (1750, 0.93744),
+    ],
 )
 def test_record_temperature(step, temp):
-    got = sm.router_temperature(step, 1750, 1.464, 0.93744, anchor_delta_steps=284, anchor_ratio=0.49,
-                                start_step=sm.second_expert_step(RECORD_ACTIVATION))
+    got = sm.router_temperature(
+        step,
+        1750,
+        1.464,
+        0.93744,
+        anchor_delta_steps=284,
+        anchor_ratio=0.49,
+        start_step=sm.second_expert_step(RECORD_ACTIVATION),
+    )
     assert got == pytest.approx(temp, abs=1e-4)
 
 
 @pytest.mark.parametrize(
     "step,cap",
-    [(0, 1.166), (75, 1.166), (150, 1.1952), (200, 1.4114), (250, 2.4284), (280, 4.6419), (300, 8.6573),
-     (312, 13.757), (1000, 13.757)],
+    [
+        (0, 1.166),
+        (75, 1.166),
+        (150, 1.1952),
+        (200, 1.4114),
+        (250, 2.4284),
+        (280, 4.6419),
+        (300, 8.6573),
+        (312, 13.757),
+        (1000, 13.757),
+    ],
 )
 def test_record_logit_cap(step, cap):
-    assert sm.router_logit_cap(step, 1.166, 13.757, delta_steps=237, start_step=75) == pytest.approx(cap, abs=1e-3)
+    assert sm.router_logit_cap(step, 1.166, 13.757, delta_steps=237, start_step=75) == pytest.approx(
+        cap, abs=1e-3
+    )
 
 
 def test_cap_edge_cases():
@@ -39,7 +66,12 @@ def test_activation_schedule():
     assert sm.active_expert_count(74, RECORD_ACTIVATION, 8) == 1
     assert sm.active_expert_count(75, RECORD_ACTIVATION, 8) == 2
     assert sm.active_expert_count(5000, RECORD_ACTIVATION, 8) == 8
-    assert sm.normalize_activation_schedule(((10, 2), (5, 9), (10, 3)), 8) == ((0, 8), (5, 8), (10, 3), (10, 8))
+    assert sm.normalize_activation_schedule(((10, 2), (5, 9), (10, 3)), 8) == (
+        (0, 8),
+        (5, 8),
+        (10, 3),
+        (10, 8),
+    )
     assert sm.normalize_activation_schedule(((10, 2),), 4) == ((0, 2), (10, 2), (10, 4))
     assert sm.second_expert_step(((75, 2), (0, 1))) == 75  # sorted, unlike the reference
     assert sm.active_expert_mask(3, 5).tolist() == [True, True, True, False, False]
@@ -60,7 +92,10 @@ def test_layer_boost_record_values():
     assert temp.max().item() == pytest.approx(1.198, abs=1e-3) and int(temp.argmax()) == 13
     assert lb.max().item() == pytest.approx(1.494, abs=1e-3)
     assert sm.layer_boost_shape(0, 28, "valley") == pytest.approx(1.0)
-    assert sm.layer_boost_shape(0, 28, "linear_start") == 1.0 and sm.layer_boost_shape(27, 28, "linear_end") == 1.0
+    assert (
+        sm.layer_boost_shape(0, 28, "linear_start") == 1.0
+        and sm.layer_boost_shape(27, 28, "linear_end") == 1.0
+    )
     with pytest.raises(ValueError, match="shape must be"):
         sm.layer_boost_shape(0, 4, "bump")
 

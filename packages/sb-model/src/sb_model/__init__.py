@@ -1,6 +1,13 @@
 """SwitchBank model modules: the shared expert bank, its per-layer routers and their features."""
 
-from sb_model.aux_losses import cv_squared, entropy, entropy_gap, reference_aux_loss, router_z_loss, switch_load_balancing_loss
+from sb_model.aux_losses import (
+    cv_squared,
+    entropy,
+    entropy_gap,
+    reference_aux_loss,
+    router_z_loss,
+    switch_load_balancing_loss,
+)
 from sb_model.bank import RoutingContext, SharedExpertBank
 from sb_model.config import BankConfig
 from sb_model.dispatch import Dispatch, build_dispatch
@@ -27,8 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BankConfig",
     "Dispatch",
-    "Routing",
     "RouterMetrics",
+    "Routing",
     "RoutingContext",
     "RoutingReport",
     "RoutingSchedule",

@@ -1,8 +1,8 @@
 """The shared expert bank: E ReLU² experts used by all L layers, one router per layer (spec 2.8).
 
 A block calls ``bank(x_norm, layer_idx, ctx)`` with the normed residual and a per-forward
-:class:`RoutingContext` (built once by the GPT with :meth:`SharedExpertBank.context`); it gets back the bank output
-and the layer's aux loss. Nothing in the forward or backward reads a tensor on the host.
+:class:`RoutingContext` (built once by the GPT with :meth:`SharedExpertBank.context`); it gets back the
+bank output and the layer's aux loss. Nothing in the forward or backward reads a tensor on the host.
 """
 
 from __future__ import annotations
@@ -101,12 +101,15 @@ class SharedExpertBank(nn.Module):
         sched = self.default_schedule() if schedule is None else schedule
         if sched.active_mask.shape != (cfg.num_experts,) or sched.temp_mult.shape != (cfg.num_layers,):
             raise ValueError(
-                f"schedule was built for other sizes: active_mask {tuple(sched.active_mask.shape)}, temp_mult "
+                f"schedule was built for other sizes: active_mask {tuple(sched.active_mask.shape)}, "
+                f"temp_mult "
                 f"{tuple(sched.temp_mult.shape)}; expected ({cfg.num_experts},) and ({cfg.num_layers},)"
             )
         return RoutingContext(flags=flags, doc_start=starts_from_flags(flags), schedule=sched)
 
-    def _ema_features(self, x: Tensor, layer_idx: int, ctx: RoutingContext) -> tuple[Tensor | None, Tensor | None]:
+    def _ema_features(
+        self, x: Tensor, layer_idx: int, ctx: RoutingContext
+    ) -> tuple[Tensor | None, Tensor | None]:
         cfg = self.config
         if not (cfg.use_forward_ema or cfg.use_reverse_ema):
             return None, None
@@ -129,7 +132,7 @@ class SharedExpertBank(nn.Module):
     def router_logits(
         self, x: Tensor, layer_idx: int, flags: Tensor, ema_fwd: Tensor | None, ema_rev: Tensor | None
     ) -> Tensor:
-        """(B*T, E) float32 = [x, ema_fwd, ema_rev, flags] · W_lᵀ + b_l, as one product per feature (no concat)."""
+        """(B*T, E) float32 = [x, ema_fwd, ema_rev, flags] · W_lᵀ + b_l, a product per feature (no concat)."""
         cfg = self.config
         w = self.router_w[layer_idx]
         parts = {"tok": x, "ema_fwd": ema_fwd, "ema_rev": ema_rev, "flags": flags}
@@ -164,13 +167,16 @@ class SharedExpertBank(nn.Module):
         """x: (B, T, d) normed input of layer ``layer_idx``. Returns (y (B, T, d), aux loss ())."""
         cfg = self.config
         if x.dim() != 3 or x.shape[-1] != cfg.model_dim:
-            raise ValueError(f"bank input must have shape (B, T, model_dim={cfg.model_dim}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"bank input must have shape (B, T, model_dim={cfg.model_dim}); got {tuple(x.shape)}"
+            )
         if not 0 <= layer_idx < cfg.num_layers:
             raise IndexError(f"layer_idx {layer_idx} out of range for a bank of num_layers={cfg.num_layers}")
         B, T, d = x.shape
         if ctx.flags.shape[:2] != (B, T):
             raise ValueError(
-                f"flags cover {tuple(ctx.flags.shape[:2])} tokens but x has (B, T)={(B, T)}; build the context "
+                f"flags cover {tuple(ctx.flags.shape[:2])} tokens but x has (B, T)={(B, T)}; build the "
+                "context "
                 "from the same tokens"
             )
         N, E = B * T, cfg.num_experts
@@ -191,7 +197,9 @@ class SharedExpertBank(nn.Module):
         if cfg.assignment == "sinkhorn" and self.training:
             selection = sinkhorn_plan(logits.detach(), live, tau=cfg.sinkhorn_tau, iters=cfg.sinkhorn_iters)
         k = cfg.topk
-        r = route(logits, live, k, gating=cfg.gating, selection=selection, normalize_gates=cfg.normalize_gates)
+        r = route(
+            logits, live, k, gating=cfg.gating, selection=selection, normalize_gates=cfg.normalize_gates
+        )
 
         impl, align = self._expert_impl(x)
         capacity = capacity_for(N, k, E, cfg.capacity_factor)
@@ -234,12 +242,19 @@ class SharedExpertBank(nn.Module):
             self.metrics.record(layer_idx, scalars, vectors)
         return y, aux
 
-    def _aux_loss(self, r, demanded_counts: Tensor, layer_idx: int, sched: RoutingSchedule) -> tuple[Tensor, Tensor]:
+    def _aux_loss(
+        self, r, demanded_counts: Tensor, layer_idx: int, sched: RoutingSchedule
+    ) -> tuple[Tensor, Tensor]:
         cfg = self.config
         N, k = r.topk_idx.shape
         importance = r.probs.mean(dim=0)
         with torch.no_grad():
-            top1 = torch.zeros_like(importance).scatter_add_(0, r.topk_idx[:, 0], r.valid[:, 0].to(importance.dtype)) / N
+            top1 = (
+                torch.zeros_like(importance).scatter_add_(
+                    0, r.topk_idx[:, 0], r.valid[:, 0].to(importance.dtype)
+                )
+                / N
+            )
         n_active = sched.active_mask.sum()
         aux = reference_aux_loss(
             importance,
@@ -268,7 +283,9 @@ class SharedExpertBank(nn.Module):
         if self.adapter_scale is None:
             return
         E = self.config.num_experts
-        mask = torch.ones(E, dtype=torch.bool, device=self.pruned.device) if active_mask is None else active_mask
+        mask = (
+            torch.ones(E, dtype=torch.bool, device=self.pruned.device) if active_mask is None else active_mask
+        )
         init_mask = mask.to(self.pruned.device) & ~self.pruned
         done = self.adapter_initialized
         to_init = init_mask[None, :] & ~done
@@ -286,7 +303,9 @@ class SharedExpertBank(nn.Module):
         their W1/W2 and adapters. Returns the (E,) pruned mask. No host sync."""
         E = self.config.num_experts
         if activity.shape != (E,):
-            raise ValueError(f"activity must have shape ({E},) (one value per expert), got {tuple(activity.shape)}")
+            raise ValueError(
+                f"activity must have shape ({E},) (one value per expert), got {tuple(activity.shape)}"
+            )
         activity = activity.to(self.pruned.device).float()
         prune = activity < threshold
         best = torch.argmax(activity)

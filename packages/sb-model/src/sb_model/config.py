@@ -76,7 +76,8 @@ class BankConfig:
         )
         need(
             self.block_pos_bins in (4, 8, 16),
-            f"block_pos_bins must be 4, 8 or 16 (got {self.block_pos_bins}); the reference supports only these",
+            f"block_pos_bins must be 4, 8 or 16 (got {self.block_pos_bins}); the reference supports only "
+            "these",
         )
         need(self.first_doc_tokens >= 1, f"first_doc_tokens must be >= 1 (got {self.first_doc_tokens})")
         need(self.flag_block_size >= 1, f"flag_block_size must be >= 1 (got {self.flag_block_size})")
@@ -88,7 +89,10 @@ class BankConfig:
             self.reverse_ema_mode in ("snapshot", "document_ema"),
             f"reverse_ema_mode must be 'snapshot' or 'document_ema' (got {self.reverse_ema_mode!r})",
         )
-        need(self.gating in ("softmax", "sigmoid"), f"gating must be 'softmax' or 'sigmoid' (got {self.gating!r})")
+        need(
+            self.gating in ("softmax", "sigmoid"),
+            f"gating must be 'softmax' or 'sigmoid' (got {self.gating!r})",
+        )
         need(
             self.assignment in ("topk", "sinkhorn"),
             f"assignment must be 'topk' or 'sinkhorn' (got {self.assignment!r})",
@@ -111,7 +115,10 @@ class BankConfig:
             self.group_align is None or self.group_align >= 1,
             f"group_align must be None or >= 1 (got {self.group_align})",
         )
-        need(self.fallback_block_rows >= 1, f"fallback_block_rows must be >= 1 (got {self.fallback_block_rows})")
+        need(
+            self.fallback_block_rows >= 1,
+            f"fallback_block_rows must be >= 1 (got {self.fallback_block_rows})",
+        )
         for name in ("lb_coeff", "entropy_coeff", "switch_lb_coeff", "z_loss_coeff"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)})")
         if self.adapter_layer_map is not None:
@@ -151,7 +158,9 @@ class BankConfig:
 
     @property
     def router_in_dim(self) -> int:
-        return (1 + int(self.use_forward_ema) + int(self.use_reverse_ema)) * self.model_dim + self.num_flag_features
+        return (
+            1 + int(self.use_forward_ema) + int(self.use_reverse_ema)
+        ) * self.model_dim + self.num_flag_features
 
     @property
     def num_adapter_slots(self) -> int:

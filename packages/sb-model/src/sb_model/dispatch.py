@@ -49,8 +49,9 @@ def build_dispatch(
 ) -> Dispatch:
     """Sort the N*k choices by expert and lay them out in expert groups padded to ``align`` rows.
 
-    ``priority`` (N, k) holds distinct integers; inside an expert, choices with a lower priority are placed (and,
-    under a capacity, kept) first. Position-major priorities make capacity dropping causal: a choice is dropped
+    ``priority`` (N, k) holds distinct integers; inside an expert, choices with a lower priority are placed
+    (and, under a capacity, kept) first. Position-major priorities make capacity dropping causal: a choice is
+    dropped
     only because of choices made at earlier positions.
     """
     N, k = topk_idx.shape
@@ -61,7 +62,9 @@ def build_dispatch(
     prio = priority.reshape(A)
     perm = torch.argsort(expert * A + prio)
     sorted_expert = expert[perm]
-    counts = torch.zeros(E + 1, dtype=torch.int64, device=device).scatter_add_(0, expert, torch.ones_like(expert))
+    counts = torch.zeros(E + 1, dtype=torch.int64, device=device).scatter_add_(
+        0, expert, torch.ones_like(expert)
+    )
     group_start = torch.cumsum(counts, 0) - counts
     rank = torch.arange(A, device=device) - group_start[sorted_expert]
     keep_sorted = sorted_expert < E
@@ -78,7 +81,9 @@ def build_dispatch(
     safe_expert = sorted_expert.clamp(max=E - 1)
     dest_sorted = torch.where(keep_sorted, pad_start[safe_expert] + rank, torch.full_like(rank, R))
     token_sorted = perm // k
-    row_token = torch.zeros(R + 1, dtype=torch.int64, device=device).scatter_(0, dest_sorted, token_sorted)[:R]
+    row_token = torch.zeros(R + 1, dtype=torch.int64, device=device).scatter_(0, dest_sorted, token_sorted)[
+        :R
+    ]
     row_expert = torch.bucketize(torch.arange(R, device=device), ends, right=True).clamp(max=E - 1)
     dest = torch.empty_like(dest_sorted).scatter_(0, perm, dest_sorted).view(N, k)
     served = dest < R

@@ -1,6 +1,7 @@
 """Vectorised, causal EMA context features for the routers (spec 2.8.4).
 
-All functions take activations shaped (B, T, D) and return the same shape, computed in float32 (float64 inputs stay float64) and cast back to
+All functions take activations shaped (B, T, D) and return the same shape, computed in float32
+(float64 inputs stay float64) and cast back to
 the input dtype. None of them loops in Python over tokens, documents or blocks, and none reads a tensor value
 on the host, so they trace into one graph under ``torch.compile(fullgraph=True)``.
 """
@@ -19,17 +20,20 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def document_ids(doc_start: Tensor) -> Tensor:
-    """Segment id per token from a (B, T) bool "a document starts here" mask (position 0 always starts one)."""
+    """Segment id per token from a (B, T) bool "a document starts here" mask (position 0 always starts)."""
     starts = doc_start.clone()
     starts[:, 0] = True
     return torch.cumsum(starts.to(torch.int64), dim=1)
 
 
-def segmented_ema(x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def segmented_ema(
+    x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None = None, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
     """y_t = a * y_{t-1} + (1 - a) * x_t, restarted from 0 wherever the segment id changes.
 
     Two-level closed form with only non-negative powers of ``a`` (no overflow, unlike the reference's
-    a^(-i) blockwise form): inside each chunk of ``chunk`` tokens a lower-triangular (C, C) decay matrix; across
+    a^(-i) blockwise form): inside each chunk of ``chunk`` tokens a lower-triangular (C, C) decay matrix;
+    across
     chunks, the carried end-of-chunk values solve the same recurrence with an (nc, nc) matrix.
     """
     if x.dim() != 3:
@@ -76,7 +80,9 @@ def segmented_ema(x: Tensor, alpha: Tensor | float, segment_ids: Tensor | None =
     return y.reshape(B, nc * C, D)[:, :T].to(x.dtype)
 
 
-def reference_forward_ema(x: Tensor, alpha: Tensor | float, window: int, chunk: int = DEFAULT_CHUNK) -> Tensor:
+def reference_forward_ema(
+    x: Tensor, alpha: Tensor | float, window: int, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
     """The reference's forward EMA: not document-aware; only the first ``window`` tokens of the sequence are
     averaged (0 < window < T) and every later token gets the value at ``window - 1``. ``window <= 0`` or
     ``>= T`` averages the whole sequence. Causal: position t only sees tokens <= t."""
@@ -113,5 +119,5 @@ def causal_reverse_snapshot(x: Tensor, alpha: Tensor | float, doc_start: Tensor,
 
 
 def document_ema(x: Tensor, alpha: Tensor | float, doc_start: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
-    """A causal EMA restarted at every document start (the 'real causal document-local feature' of spec 7.1)."""
+    """A causal EMA restarted at every document start (spec 7.1's 'real causal document-local feature')."""
     return segmented_ema(x, alpha, document_ids(doc_start), chunk)

@@ -5,7 +5,8 @@ Two implementations of the grouped product, chosen per call from static facts (d
 
 * ``grouped_mm``: ``torch.nn.functional.grouped_mm`` (or ``torch._grouped_mm`` on older torch), one call per
   projection over the expert-sorted rows;
-* ``blocked_bmm``: the rows are grouped in blocks of a fixed size that never straddle two experts (dispatch pads
+* ``blocked_bmm``: the rows are grouped in blocks of a fixed size that never straddle two experts (dispatch
+  pads
   each group to the block size), each block gathers its expert's weights, and one ``bmm`` runs all blocks. It
   needs no grouped-GEMM kernel (float64, old torch, unaligned shapes) and is still one batched call.
 """
@@ -39,7 +40,8 @@ _CPU_PROBE: dict[torch.dtype, bool] = {}
 
 def probe_cpu_grouped_mm() -> dict[torch.dtype, bool]:
     """Find out once, eagerly, for which dtypes this torch build runs grouped_mm on CPU (forward and
-    backward, exact against a loop). The bank calls this at construction; compiled code only reads the answer."""
+    backward, exact against a loop). The bank calls this at construction; compiled code only reads the
+    answer."""
     if not _CPU_PROBE:
         for dtype in _GROUPED_DTYPES:
             _CPU_PROBE[dtype] = _cpu_grouped_mm_works(dtype)
@@ -89,7 +91,8 @@ def expert_ffn_grouped(rows: Tensor, w1: Tensor, w2: Tensor, offs: Tensor) -> Te
 
 def expert_ffn_blocked(rows: Tensor, w1: Tensor, w2: Tensor, row_expert: Tensor, block_rows: int) -> Tensor:
     """Same result with one bmm over blocks of ``block_rows`` rows (R must be a multiple of it and every block
-    must belong to one expert, which :func:`~sb_model.dispatch.build_dispatch` guarantees with align=block)."""
+    must belong to one expert, which :func:`~sb_model.dispatch.build_dispatch` guarantees with
+    align=block)."""
     R, d = rows.shape
     if R % block_rows:
         raise ValueError(f"blocked expert FFN needs rows ({R}) to be a multiple of block_rows ({block_rows})")

@@ -55,9 +55,9 @@ def call_statistics(
         probs = probs.float()
         N, E = probs.shape
         importance = probs.mean(dim=0)
-        top1 = torch.zeros(E, device=probs.device).scatter_add_(
-            0, topk_idx[:, 0], valid[:, 0].float()
-        ) / max(N, 1)
+        top1 = torch.zeros(E, device=probs.device).scatter_add_(0, topk_idx[:, 0], valid[:, 0].float()) / max(
+            N, 1
+        )
         total_choices = float(N * topk_idx.shape[1])
         frac_dem = demanded_counts / total_choices
         frac_srv = served_counts / total_choices
@@ -141,7 +141,9 @@ class RouterMetrics(nn.Module):
         parts = [self.scalar_sums.flatten(), self.vector_sums.flatten(), self.calls]
         if router_weight is not None and feature_slices is not None:
             w = router_weight.detach().float().abs()
-            parts.append(torch.stack([w[:, :, a:b].mean(dim=(1, 2)) for a, b in feature_slices.values()], 1).flatten())
+            parts.append(
+                torch.stack([w[:, :, a:b].mean(dim=(1, 2)) for a, b in feature_slices.values()], 1).flatten()
+            )
         host = torch.cat([p.float() for p in parts]).cpu()
         S = len(SCALAR_KEYS) + 1
         at = 0
@@ -167,7 +169,11 @@ class RouterMetrics(nn.Module):
             layers.append(layer)
             row = {key: float(scal[layer, i]) / n for i, key in enumerate(SCALAR_KEYS)}
             finite_calls = float(scal[layer, _MAX_LOGIT_COUNT])
-            row["max_logit"] = float(scal[layer, SCALAR_KEYS.index("max_logit")]) / finite_calls if finite_calls else float("nan")
+            row["max_logit"] = (
+                float(scal[layer, SCALAR_KEYS.index("max_logit")]) / finite_calls
+                if finite_calls
+                else float("nan")
+            )
             row["layer"] = float(layer)
             if feat is not None:
                 for j, name in enumerate(feature_slices or {}):
@@ -175,7 +181,9 @@ class RouterMetrics(nn.Module):
             per_layer.append(row)
             for i, key in enumerate(VECTOR_KEYS):
                 vectors[key].append([float(v) / n for v in vec[layer, i]])
-        return RoutingReport(per_layer, summarize(per_layer, vectors), vectors, [int(calls[i]) for i in layers])
+        return RoutingReport(
+            per_layer, summarize(per_layer, vectors), vectors, [int(calls[i]) for i in layers]
+        )
 
 
 def _mean(values: list[float]) -> float:
@@ -188,7 +196,15 @@ def summarize(per_layer: list[dict[str, float]], vectors: dict[str, list[list[fl
     if not per_layer:
         return {}
     out: dict[str, float] = {}
-    for key in ("imp_cv2", "load_cv2", "usage_frac", "topk_prob_mean", "imp_entropy", "load_entropy", "max_logit"):
+    for key in (
+        "imp_cv2",
+        "load_cv2",
+        "usage_frac",
+        "topk_prob_mean",
+        "imp_entropy",
+        "load_entropy",
+        "max_logit",
+    ):
         out[f"router/{key}"] = _mean([r[key] for r in per_layer])
     out["router/top1_p_mean"] = _mean([r["top1_p_mean"] for r in per_layer])
     out["router/entropy_mean"] = _mean([r["entropy_mean"] for r in per_layer])

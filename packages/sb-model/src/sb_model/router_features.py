@@ -17,7 +17,8 @@ def _as_batch(tokens: Tensor) -> Tensor:
 
 def document_starts(tokens: Tensor, eod_token_id: int = 50256) -> Tensor:
     """(B, T) bool: True at position 0 and right *after* every end-of-document token (the flags' and the
-    reverse EMA's convention; attention counts the EOD token itself as the first token of the next document)."""
+    reverse EMA's convention; attention counts the EOD token itself as the first token of the next
+    document)."""
     tok = _as_batch(tokens)
     is_eod = tok == eod_token_id
     starts = torch.zeros_like(is_eod)

@@ -85,7 +85,9 @@ def router_temperature(
     return t_final + (t_init - t_final) * (1.0 - progress) ** power
 
 
-def router_logit_cap(step: int, cap_init: float, cap_final: float, *, delta_steps: int, start_step: int) -> float:
+def router_logit_cap(
+    step: int, cap_init: float, cap_final: float, *, delta_steps: int, start_step: int
+) -> float:
     """Cap schedule of spec 2.9 (quartic-in-log ramp from c0 to c1 over ``delta_steps``); 0.0 means no cap."""
     if delta_steps <= 0:
         return max(cap_final, 0.0)
@@ -101,14 +103,18 @@ def router_logit_cap(step: int, cap_init: float, cap_final: float, *, delta_step
     return cap_init * math.exp(math.log(cap_final / cap_init) * frac**4)
 
 
-def gumbel_active(step: int, windows: Sequence[tuple[int, int]], num_iterations: int, enabled: bool = True) -> bool:
+def gumbel_active(
+    step: int, windows: Sequence[tuple[int, int]], num_iterations: int, enabled: bool = True
+) -> bool:
     """Half-open windows [start, end); end < 0 means until ``num_iterations``."""
     if not enabled:
         return False
     return any(start <= step < (num_iterations if end < 0 else end) for start, end in windows)
 
 
-def layer_boost_shape(layer_idx: int, num_layers: int, shape: str = "peak", peak_frac: float = 0.475) -> float:
+def layer_boost_shape(
+    layer_idx: int, num_layers: int, shape: str = "peak", peak_frac: float = 0.475
+) -> float:
     """Per-layer shape in [0, 1] of spec 2.7 step 3 ('peak', 'valley', 'linear_start', 'linear_end')."""
     f = layer_idx / (num_layers - 1) if num_layers > 1 else 0.0
     den = peak_frac if f <= peak_frac else max(1.0 - peak_frac, 1e-6)
