@@ -151,3 +151,9 @@ def test_api_steps_smoothing_and_downsampling(shared_db):
     assert router.filter(pl.col("step") >= 120)["collapsed_rule"].all()
     with pytest.raises(ValueError):
         RunDB(shared_db).steps("healthy", smooth=2.0)
+
+
+def test_health_of_unknown_run(shared_db, capsys):
+    assert main(["--db", str(shared_db), "health", "ghost"]) == 1
+    err = capsys.readouterr().err
+    assert "ghost" in err and "healthy" in err

@@ -109,7 +109,14 @@ class RunDB:
 
     def health(self, run_id: str, window: int | None = None) -> pl.DataFrame:
         """Router-health findings of a run, worst first (severity bad / warn / info / ok)."""
+        self._require_run(run_id)
         return findings(self._con, run_id, window=window)
+
+    def _require_run(self, run_id: str) -> None:
+        if not self._con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+            rows = self._con.execute("SELECT run_id FROM runs ORDER BY run_id LIMIT 20").fetchall()
+            known = [r for (r,) in rows]
+            raise KeyError(f"run {run_id!r} is not in {self.path}; known runs: {', '.join(known) or 'none'}")
 
     def health_windows(self, run_id: str, window: int | None = None, per_layer: bool = False) -> pl.DataFrame:
         """Window aggregates of the guide's metrics and the composite score (per run or per layer)."""
