@@ -26,7 +26,8 @@ def rms_norm(x: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Keys and values of one attention layer for generation: (B, H, max_len, D) each, filled left to right."""
+    """Keys and values of one attention layer for generation: (B, H, max_len, D) each, filled left
+    to right."""
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, max_len: int, *, dtype, device) -> None:
         self.k = torch.zeros(batch, num_heads, max_len, head_dim, dtype=dtype, device=device)
@@ -79,7 +80,8 @@ class CausalSelfAttention(nn.Module):
         mask,
         cache: KVCache | None = None,
     ) -> Tensor:
-        """x (B, T, d); ve (B, T, d) or None; lambdas (2,) = (λ_v, λ_ve); mask: a BlockMask (FlexAttention) or a
+        """x (B, T, d); ve (B, T, d) or None; lambdas (2,) = (λ_v, λ_ve); mask: a BlockMask
+        (FlexAttention) or a
         bool tensor (B, 1, T, T_keys) (SDPA). With a cache, x holds the new positions only."""
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim

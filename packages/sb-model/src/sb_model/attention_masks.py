@@ -1,16 +1,20 @@
 """Document-causal attention masks with block-granular sliding windows (spec 2.5).
 
 Token rule. With documents numbered ``docs = cumsum(tokens == eod)`` (the end-of-document token opens the next
-document, the reference's attention convention) and blocks of ``block_size`` tokens, query q may attend key k iff
+document, the reference's attention convention) and blocks of ``block_size`` tokens, query q may
+attend key k iff
 
     k <= q  and  docs[q] == docs[k]  and  q // block_size - k // block_size < max(window_blocks, 1).
 
-This is exactly what the reference's FlexAttention BlockMask computes (its per-query-block "partial" and "full"
-key-block lists, most recent first, clipped to the window), and it depends only on tokens <= q, so it is causal.
+This is exactly what the reference's FlexAttention BlockMask computes (its per-query-block
+"partial" and "full"
+key-block lists, most recent first, clipped to the window), and it depends only on tokens <= q, so
+it is causal.
 
 Two representations of the same mask:
 
-* :func:`flex_block_mask` builds a FlexAttention ``BlockMask`` the way the reference does (block layout once per
+* :func:`flex_block_mask` builds a FlexAttention ``BlockMask`` the way the reference does (block
+layout once per
   forward, one cheap clip per window size), used on the fast path;
 * :func:`dense_attention_mask` writes the token rule out as a boolean (B, 1, Tq, Tk) tensor for
   ``scaled_dot_product_attention`` (small CPU runs, generation with a KV cache).
@@ -36,7 +40,8 @@ FLEX_AVAILABLE = flex_attention is not None
 
 
 def document_ids(tokens: Tensor, eod_token_id: int = 50256) -> Tensor:
-    """(B, T) int32 document id per token; the end-of-document token is the first token of the next document."""
+    """(B, T) int32 document id per token; the end-of-document token is the first token of the next
+    document."""
     if tokens.dim() != 2:
         raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
     return torch.cumsum((tokens == eod_token_id).to(torch.int32), dim=1, dtype=torch.int32)
@@ -52,7 +57,8 @@ def attention_window_blocks(
 ) -> int:
     """Long-window size in blocks at ``step`` (the reference's ``get_window_size_blocks``): with
     x = step / num_iterations, the window grows as f(x) = 4x³ - 6x² + 3x from 1 block to
-    ceil(max_window_tokens / block_size) blocks, rounded up to whole blocks. ``end_step`` > 0 (the HEAD option)
+    ceil(max_window_tokens / block_size) blocks, rounded up to whole blocks. ``end_step`` > 0 (the
+    HEAD option)
     reaches the full window at that step and holds it. The short window is ``long // 2``."""
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
@@ -112,7 +118,8 @@ class BlockLayout(NamedTuple):
 
 def _ordered(mask: Tensor) -> tuple[Tensor, Tensor]:
     num = mask.sum(dim=-1, dtype=torch.int32)
-    # stable ascending sort of the bool mask puts selected blocks last in ascending index; flip: most recent first
+    # stable ascending sort of the bool mask puts selected blocks last in ascending index; flip:
+    # most recent first
     idx = torch.argsort(mask.to(torch.int8), dim=-1, stable=True).flip(-1).to(torch.int32)
     return num[:, None].contiguous(), idx[:, None].contiguous()
 
@@ -144,10 +151,14 @@ def flex_block_mask(layout: BlockLayout, docs: Tensor, window_blocks: Tensor, bl
     if BlockMask is None:
         raise RuntimeError("FlexAttention is not available in this torch build; use attention='sdpa'")
 
-    def document_causal(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
-
     w = window_blocks.to(torch.int32)
+    w_tok = torch.clamp(w, min=1)
+
+    def document_causal_window(b, h, q_idx, kv_idx):
+        # the whole token rule (the block lists only skip work): eager FlexAttention reads mask_mod alone
+        near = (q_idx // block_size - kv_idx // block_size) < w_tok
+        return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx]) & near
+
     partial_keep = torch.minimum(layout.partial_num, torch.clamp(w - layout.full_num, min=1))
     full_keep = torch.minimum(layout.full_num, torch.clamp(w - 1, min=0))
     return BlockMask.from_kv_blocks(
@@ -156,7 +167,7 @@ def flex_block_mask(layout: BlockLayout, docs: Tensor, window_blocks: Tensor, bl
         full_keep,
         layout.full_idx,
         BLOCK_SIZE=block_size,
-        mask_mod=document_causal,
+        mask_mod=document_causal_window,
     )
 
 

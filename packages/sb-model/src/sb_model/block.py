@@ -1,5 +1,6 @@
 """One SwitchBank layer (spec 2.7): residual mix with the embedding, attention (unless the layer skips it),
-then the shared bank on the normed residual. A dense per-layer FFN can replace the bank (baseline/ablation)."""
+then the shared bank on the normed residual. A dense per-layer FFN can replace the bank
+(baseline/ablation)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class DenseFFN(nn.Module):
 
 class Block(nn.Module):
     """Layer ``layer_idx``. Its scalars (residual lambdas, value lambdas) live in the GPT's ``scalars`` vector
-    and are passed in; its temperature and load-balance boosts (``temp_mult``, ``lb_mult``, set from the layer's
+    and are passed in; its temperature and load-balance boosts (``temp_mult``, ``lb_mult``, set
+    from the layer's
     position by the GPT) reach the bank through the routing schedule."""
 
     def __init__(

@@ -58,7 +58,9 @@ class LayerCache:
 class DecodeState:
     """All layers' caches plus the tokens decoded so far (B, T_total)."""
 
-    def __init__(self, layers: list[LayerCache], tokens: Tensor, features: RouterFeatureHistory | None) -> None:
+    def __init__(
+        self, layers: list[LayerCache], tokens: Tensor, features: RouterFeatureHistory | None
+    ) -> None:
         self.layers = layers
         self.tokens = tokens
         self.features = features

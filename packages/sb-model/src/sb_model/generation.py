@@ -7,7 +7,10 @@ from torch import Tensor
 
 
 def sample_next(
-    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """(B, V) logits -> (B,) token ids. temperature 0 is greedy; top_k keeps the k largest logits."""
     if temperature < 0:
@@ -46,7 +49,9 @@ def generate(
     squeeze = prompt_ids.dim() == 1
     tokens = (prompt_ids[None] if squeeze else prompt_ids).long()
     if tokens.dim() != 2 or tokens.shape[1] < 1:
-        raise ValueError(f"prompt_ids must have shape (T,) or (B, T) with T >= 1, got {tuple(prompt_ids.shape)}")
+        raise ValueError(
+            f"prompt_ids must have shape (T,) or (B, T) with T >= 1, got {tuple(prompt_ids.shape)}"
+        )
     total = tokens.shape[1] + max_new_tokens
     if total > model.config.max_seq_len:
         raise ValueError(

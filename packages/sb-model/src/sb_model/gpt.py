@@ -1,4 +1,5 @@
-"""The SwitchBank GPT (spec 2.2, 2.6, 2.10, 2.11): embeddings, L blocks that share one expert bank, U-net style
+"""The SwitchBank GPT (spec 2.2, 2.6, 2.10, 2.11): embeddings, L blocks that share one expert bank,
+U-net style
 skips, the soft-capped head and the loss.
 
 Per forward the model builds, from the token ids only: document ids and the attention masks (long and short
@@ -53,7 +54,9 @@ class GPT(nn.Module):
         L, d, V = cfg.num_layers, cfg.model_dim, cfg.padded_vocab_size
         kw = {"dtype": dtype, "device": device}
         self.embed = nn.Embedding(V, d, **kw)
-        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, d, **kw) for _ in range(cfg.num_value_embeds))
+        self.value_embeds = nn.ModuleList(
+            nn.Embedding(cfg.vocab_size, d, **kw) for _ in range(cfg.num_value_embeds)
+        )
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, device=device)
         # attention: one module per tie-group owner, shared by the group's layers
         owners = cfg.layer_tie_map
@@ -63,8 +66,12 @@ class GPT(nn.Module):
                 attn_by_owner[owners[i]] = CausalSelfAttention(d, cfg.head_dim, scale=cfg.attn_scale, **kw)
         self.bank = SharedExpertBank(cfg.bank_config(), **kw) if cfg.ffn == "bank" else None
         boost = cfg.router_boost_decay_scale
-        temp_mult = layer_multipliers(L, boost * cfg.router_temp_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac)
-        lb_mult = layer_multipliers(L, boost * cfg.router_lb_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac)
+        temp_mult = layer_multipliers(
+            L, boost * cfg.router_temp_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac
+        )
+        lb_mult = layer_multipliers(
+            L, boost * cfg.router_lb_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac
+        )
         long_layers = set(cfg.long_layers)
         self.blocks = nn.ModuleList(
             Block(
@@ -77,7 +84,8 @@ class GPT(nn.Module):
             )
             for i in range(L)
         )
-        # scalars: [0, L) skip weights, [L, 3L) residual lambdas (λ_x, λ_x0), [3L, 5L) value lambdas (λ_v, λ_ve)
+        # scalars: [0, L) skip weights, [L, 3L) residual lambdas (λ_x, λ_x0), [3L, 5L) value
+        # lambdas (λ_v, λ_ve)
         self.scalars = nn.Parameter(torch.empty(5 * L, dtype=torch.float32, device=device))
         self.lm_head = None
         if not cfg.tie_lm_head or cfg.untie_lm_head_step is not None:
@@ -85,7 +93,11 @@ class GPT(nn.Module):
         self._ve_layers = cfg.value_embed_layers()
         self._skips = cfg.skip_connections
         # schedule tensors (set in place by the trainer; never recompile)
-        self.register_buffer("window_blocks", torch.tensor(cfg.max_window_tokens // cfg.block_size, dtype=torch.int32, device=device), persistent=False)
+        self.register_buffer(
+            "window_blocks",
+            torch.tensor(cfg.max_window_tokens // cfg.block_size, dtype=torch.int32, device=device),
+            persistent=False,
+        )
         E = cfg.num_experts
         self.register_buffer("sched_temperature", torch.ones((), device=device), persistent=False)
         self.register_buffer("sched_logit_cap", torch.zeros((), device=device), persistent=False)
@@ -93,8 +105,12 @@ class GPT(nn.Module):
         self.register_buffer("sched_active_mask", active_expert_mask(E, E, device), persistent=False)
         self.register_buffer("sched_temp_mult", temp_mult.to(device), persistent=False)
         self.register_buffer("sched_lb_mult", lb_mult.to(device), persistent=False)
-        self.register_buffer("sched_router_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False)
-        self.register_buffer("sched_adapters_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False)
+        self.register_buffer(
+            "sched_router_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False
+        )
+        self.register_buffer(
+            "sched_adapters_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False
+        )
         # tie/untie state: the copy happens once; the buffer makes it survive a checkpoint
         self.register_buffer("lm_head_copied", torch.zeros((), dtype=torch.bool, device=device))
         self._head_untied = not cfg.tie_lm_head
@@ -115,7 +131,8 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------- schedules
     @property
     def routing_schedule(self) -> RoutingSchedule:
-        """The routing schedule tensors of this model (shared with its buffers: ``set_`` updates the model)."""
+        """The routing schedule tensors of this model (shared with its buffers: ``set_`` updates
+        the model)."""
         return RoutingSchedule(
             temperature=self.sched_temperature,
             logit_cap=self.sched_logit_cap,
@@ -163,11 +180,14 @@ class GPT(nn.Module):
         mode = attention or self.config.attention
         if mode == "flex":
             if not FLEX_AVAILABLE:
-                raise RuntimeError("attention='flex' but FlexAttention is not in this torch build; use 'sdpa'")
+                raise RuntimeError(
+                    "attention='flex' but FlexAttention is not in this torch build; use 'sdpa'"
+                )
             return True
         if mode == "sdpa":
             return False
-        # auto: FlexAttention where it is fused (CUDA, or anything under torch.compile); SDPA in eager CPU runs
+        # auto: FlexAttention where it is fused (CUDA, or anything under torch.compile); SDPA in
+        # eager CPU runs
         return FLEX_AVAILABLE and (device.type == "cuda" or torch.compiler.is_compiling())
 
     def attention_masks(self, tokens: Tensor, attention: str | None = None) -> AttentionMasks:
@@ -182,7 +202,8 @@ class GPT(nn.Module):
                 flex_block_mask(layout, docs, w_short, cfg.block_size),
             )
         return AttentionMasks(
-            dense_attention_mask(docs, w_long, cfg.block_size), dense_attention_mask(docs, w_short, cfg.block_size)
+            dense_attention_mask(docs, w_long, cfg.block_size),
+            dense_attention_mask(docs, w_short, cfg.block_size),
         )
 
     def _flags(self, tokens: Tensor, dtype: torch.dtype) -> Tensor:
@@ -204,7 +225,9 @@ class GPT(nn.Module):
             raise TypeError(f"input ids must be an integer tensor, got {tokens.dtype}")
         return tokens
 
-    def _stack(self, tokens: Tensor, masks: AttentionMasks, flags: Tensor, state: DecodeState | None) -> tuple[Tensor, Tensor]:
+    def _stack(
+        self, tokens: Tensor, masks: AttentionMasks, flags: Tensor, state: DecodeState | None
+    ) -> tuple[Tensor, Tensor]:
         L = self.config.num_layers
         x0 = rms_norm(self.embed(tokens))
         x = x0
@@ -249,7 +272,8 @@ class GPT(nn.Module):
         return_logits: bool | None = None,
         attention: str | None = None,
     ) -> GPTOutput:
-        """idx: (B, T) or (T,) token ids; targets: same shape (ignore_index -100). Returns a :class:`GPTOutput`.
+        """idx: (B, T) or (T,) token ids; targets: same shape (ignore_index -100). Returns a
+        :class:`GPTOutput`.
 
         ``return_logits`` defaults to True without targets and False with them (the loss alone avoids handing
         back a (B, T, vocab) tensor). ``attention`` overrides the config's backend for this call."""
@@ -277,7 +301,9 @@ class GPT(nn.Module):
         features = RouterFeatureHistory() if self.bank is not None else None
         layers = [
             LayerCache(
-                None if b.attn is None else KVCache(batch, cfg.num_heads, cfg.head_dim, max_len, dtype=dt, device=dev),
+                None
+                if b.attn is None
+                else KVCache(batch, cfg.num_heads, cfg.head_dim, max_len, dtype=dt, device=dev),
                 features,
             )
             for b in self.blocks
@@ -293,7 +319,7 @@ class GPT(nn.Module):
         offset = state.length
         tokens = torch.cat([state.tokens, new_tokens.to(state.tokens.dtype)], dim=1)
         state.tokens = tokens
-        T, n = tokens.shape[1], new_tokens.shape[1]
+        T = tokens.shape[1]
         docs = document_ids(tokens, cfg.eod_token_id)
         pos = torch.arange(T, device=tokens.device)
         w_long = self.window_blocks
@@ -325,7 +351,8 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------------------------- accounting
     def parameter_counts(self) -> dict[str, int]:
-        """Unique parameters by category (spec 1.3): attention, experts, routers, ffn_bank (= experts + routers),
+        """Unique parameters by category (spec 1.3): attention, experts, routers, ffn_bank (=
+        experts + routers),
         dense_ffn, token_embed, value_embeds, embeddings, lm_head, adapters, scalars, other, total."""
         seen: set[int] = set()
 
@@ -343,7 +370,9 @@ class GPT(nn.Module):
         out["experts"] = count([bank.w1, bank.w2]) if bank is not None else 0
         out["routers"] = count([bank.router_w, bank.router_b]) if bank is not None else 0
         out["ffn_bank"] = out["experts"] + out["routers"]
-        out["dense_ffn"] = count(p for b in self.blocks if b.dense_ffn is not None for p in b.dense_ffn.parameters())
+        out["dense_ffn"] = count(
+            p for b in self.blocks if b.dense_ffn is not None for p in b.dense_ffn.parameters()
+        )
         out["token_embed"] = count([self.embed.weight])
         out["value_embeds"] = count(ve.weight for ve in self.value_embeds)
         out["embeddings"] = out["token_embed"] + out["value_embeds"]

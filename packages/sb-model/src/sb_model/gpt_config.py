@@ -1,4 +1,5 @@
-"""`GPTConfig`: every shape and option of a SwitchBank GPT in one validated dataclass, with the record preset."""
+"""`GPTConfig`: every shape and option of a SwitchBank GPT in one validated dataclass, with the
+record preset."""
 
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ class GPTConfig:
     block_size: int = 128  # attention window granularity and router block-position flags
     max_window_tokens: int = 3456  # the long window's end value in the reference's window schedule
     skip_attn_layers: tuple[int, ...] = (11,)
-    long_window_layers: tuple[int, ...] | None = None  # None: the reference's rule (every 4th layer for 28/32)
+    long_window_layers: tuple[int, ...] | None = (
+        None  # None: the reference's rule (every 4th layer for 28/32)
+    )
     skip_map: tuple[tuple[int, int], ...] | None = None  # (dest, src); None: reference {9: 6, 10: 4, 11: 2}
     layer_tie_groups: tuple[tuple[int, ...], ...] = ()  # layers sharing attention and adapters
     # Head
@@ -82,15 +85,22 @@ class GPTConfig:
             if not cond:
                 raise ValueError(f"GPTConfig: {msg}")
 
-        need(self.vocab_size > 0 and self.model_dim > 0 and L > 0, "vocab_size, model_dim, num_layers must be > 0")
+        need(
+            self.vocab_size > 0 and self.model_dim > 0 and L > 0,
+            "vocab_size, model_dim, num_layers must be > 0",
+        )
         need(
             self.head_dim % 4 == 0 and self.model_dim % self.head_dim == 0,
-            f"model_dim ({self.model_dim}) must be a multiple of head_dim ({self.head_dim}), itself a multiple "
+            f"model_dim ({self.model_dim}) must be a multiple of head_dim ({self.head_dim}), "
+            "itself a multiple "
             "of 4 (rotary pairs)",
         )
         need(0 <= self.num_value_embeds <= 3, f"num_value_embeds must be 0..3 (got {self.num_value_embeds})")
         need(self.max_seq_len >= 1 and self.block_size >= 1, "max_seq_len and block_size must be >= 1")
-        need(self.attention in ("auto", "flex", "sdpa"), f"attention must be auto|flex|sdpa (got {self.attention!r})")
+        need(
+            self.attention in ("auto", "flex", "sdpa"),
+            f"attention must be auto|flex|sdpa (got {self.attention!r})",
+        )
         need(self.ffn in ("bank", "dense"), f"ffn must be 'bank' or 'dense' (got {self.ffn!r})")
         need(
             all(0 <= i < L for i in self.skip_attn_layers),
@@ -102,12 +112,21 @@ class GPTConfig:
         )
         if self.skip_map is not None:
             for dest, src in self.skip_map:
-                need(0 <= src < dest < L, f"skip_map entry (dest={dest}, src={src}) needs 0 <= src < dest < {L}")
+                need(
+                    0 <= src < dest < L,
+                    f"skip_map entry (dest={dest}, src={src}) needs 0 <= src < dest < {L}",
+                )
         seen: set[int] = set()
         for group in self.layer_tie_groups:
-            need(len(group) >= 2 and len(set(group)) == len(group), f"tie group {group} needs >= 2 distinct layers")
+            need(
+                len(group) >= 2 and len(set(group)) == len(group),
+                f"tie group {group} needs >= 2 distinct layers",
+            )
             need(all(0 <= i < L for i in group), f"tie group {group} has layers outside [0, {L})")
-            need(not set(group) & set(self.skip_attn_layers), f"tie group {group} contains a skip-attention layer")
+            need(
+                not set(group) & set(self.skip_attn_layers),
+                f"tie group {group} contains a skip-attention layer",
+            )
             need(not set(group) & seen, f"layer tie groups overlap at {set(group) & seen}")
             seen |= set(group)
         need(self.logit_softcap >= 0, f"logit_softcap must be >= 0 (0 disables it), got {self.logit_softcap}")
@@ -117,7 +136,8 @@ class GPTConfig:
         )
         need(
             self.router_boost_shape in ("peak", "valley", "linear_start", "linear_end"),
-            f"router_boost_shape must be peak|valley|linear_start|linear_end (got {self.router_boost_shape!r})",
+            "router_boost_shape must be peak|valley|linear_start|linear_end "
+            f"(got {self.router_boost_shape!r})",
         )
         if self.ffn == "bank":
             self.bank_config()  # validates the bank options (raises BankConfig's error)
