@@ -127,6 +127,7 @@ WITH s AS (
     SELECT run_id,
         max(step) AS last_step,
         max(tokens) AS tokens,
+        max(step) FILTER (WHERE loss IS NOT NULL) + 1 AS trained_steps,
         max(time_ms) AS time_ms,
         arg_max(val_loss, step) FILTER (WHERE val_loss IS NOT NULL AND NOT isnan(val_loss)) AS final_val_loss,
         min(val_loss) FILTER (WHERE NOT isnan(val_loss)) AS best_val_loss,
@@ -136,7 +137,8 @@ WITH s AS (
     FROM steps GROUP BY run_id
 )
 SELECT r.run_id, r.source, r.preset, r.state, r.num_layers, r.num_experts, r.total_steps,
-    s.last_step, s.tokens, s.time_ms, s.tokens / nullif(s.time_ms / 1000.0, 0) AS tokens_per_s,
+    s.last_step, coalesce(s.tokens, s.trained_steps * r.tokens_per_step) AS tokens, s.time_ms,
+    coalesce(s.tokens, s.trained_steps * r.tokens_per_step) / nullif(s.time_ms / 1000.0, 0) AS tokens_per_s,
     s.final_train_loss, s.final_val_loss, s.best_val_loss, s.best_val_step, s.n_val,
     h.health_score_final, h.health_score_mean, h.collapsed_layers_final, h.clipped_frac,
     r.config_hash, r.created_at
