@@ -58,7 +58,7 @@ class BankConfig:
     # Expert compute.
     expert_impl: ExpertImpl = "auto"
     group_align: int | None = None  # rows per expert group are padded to this; None: 1 on CPU, 16 on CUDA
-    fallback_block_rows: int = 32
+    fallback_block_rows: int = 64
     collect_metrics: bool = True
 
     def __post_init__(self) -> None:

@@ -113,8 +113,10 @@ def causal_reverse_snapshot(x: Tensor, alpha: Tensor | float, doc_start: Tensor,
     last_start = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
     ready = (pos - last_start) >= window
     src = (last_start + (window - 1)).clamp(max=T - 1)
-    snap = torch.gather(x.to(a.dtype), 1, src[..., None].expand(B, T, D))
-    out = (1 - a) * snap * ready[..., None]
+    # row gather on the flattened tokens (index_select: its backward is a fast row index_add)
+    flat_src = (src + torch.arange(B, device=x.device)[:, None] * T).reshape(B * T)
+    snap = x.reshape(B * T, D).index_select(0, flat_src).view(B, T, D).to(a.dtype)
+    out = snap * ((1 - a) * ready.to(a.dtype))[..., None]
     return out.to(x.dtype)
 
 
