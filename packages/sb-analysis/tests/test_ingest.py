@@ -88,6 +88,51 @@ def test_resumed_run_later_rows_win(tmp_path):
         assert got["loss"].to_list() == [99.0]
 
 
+def test_first_ingest_of_a_batch_with_resumed_and_malformed_runs(tmp_path):
+    """A new database takes the direct-insert path; runs with repeated or empty keys are loaded again
+    by the staged path, and every bad row is reported once, with its file and line."""
+    root = tmp_path / "runs"
+    write_synthetic_run(root, SyntheticRun("clean", steps=30, num_layers=2))
+    resumed = write_synthetic_run(root, SyntheticRun("resumed", steps=30, num_layers=2))
+    broken = write_synthetic_run(root, SyntheticRun("broken", steps=30, num_layers=2))
+    router = resumed / "router.csv"
+    lines = router.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    step_10 = [line for line in lines[1:] if line.split(",")[0] == "10"]
+    resumed_rows = []
+    for line in step_10:  # the resumed trainer logs step 10 again, with other values
+        cells = line.rstrip("\n").split(",")
+        cells[header.index("topk_prob_mean")] = "0.99"
+        resumed_rows.append(",".join(cells) + "\n")
+    router.write_text("".join(lines) + "".join(resumed_rows))
+    scalars = broken / "scalars.csv"
+    text = scalars.read_text()
+    n_lines, width = len(text.splitlines()), len(text.splitlines()[0].split(","))
+    with open(scalars, "a") as handle:
+        handle.write("30,100.0,abc" + "," * (width - 3) + "\n")  # not a number
+        handle.write("," * (width - 1) + "\n")  # empty key
+    db = tmp_path / "r.duckdb"
+    report = ingest([root], db)
+    by_run = {r.run_id: r for r in report.runs}
+    assert by_run["clean"].new_rows == {"steps": 31, "router_layers": 60, "domain_load": 0}
+    assert by_run["resumed"].new_rows["router_layers"] == 60
+    assert not by_run["clean"].errors and not by_run["resumed"].errors
+    errors = [(Path(e.path).name, e.line, e.error_type) for e in by_run["broken"].errors]
+    assert len(errors) == 2
+    assert set(errors) == {("scalars.csv", n_lines + 1, "CAST"), ("scalars.csv", None, "EMPTY KEY")}
+    assert by_run["broken"].new_rows["steps"] == 31
+    with RunDB(db) as rdb:
+        got = rdb.sql(
+            "SELECT layer, topk_prob_mean FROM router_layers WHERE run_id = 'resumed' AND step = 10 "
+            "ORDER BY layer"
+        )
+        assert got["topk_prob_mean"].to_list() == [0.99, 0.99]  # the later rows won
+        steps = rdb.sql("SELECT run_id, count(*) AS n, max(n_layers) AS l FROM router_steps GROUP BY run_id")
+        assert sorted(steps.rows()) == [("broken", 30, 2), ("clean", 30, 2), ("resumed", 30, 2)]
+        assert rdb.sql("SELECT count(*) AS n FROM ingest_errors")["n"][0] == 2
+    assert counts(db)["router_layers"] == 180
+
+
 def test_malformed_rows_reported_with_file_and_line_rest_loads(tmp_path):
     run = write_synthetic_run(tmp_path / "runs", SyntheticRun("bad", steps=40, finished=False))
     db = tmp_path / "r.duckdb"

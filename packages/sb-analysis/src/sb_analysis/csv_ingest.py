@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from .derive import derived_select, refresh_router_steps
-from .loader import ensure_columns, has_rows_for_runs, quote_ident, upsert_staged
+from .loader import ensure_columns, has_rows_for_run_ids, has_rows_for_runs, quote_ident, upsert_staged
 from .logformat import EXPERT_COLUMN, EXPERT_FAMILIES, LogFormatError, TableSpec, column_types, expert_counts
 
 
@@ -291,9 +291,22 @@ def _insert_states(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) ->
 
 
 def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> None:
+    spec = group[0].spec
+    ensure_columns(con, spec.db_table, group[0].needed)
+    if has_rows_for_run_ids(con, spec.db_table, [p.run_id for p in group]):
+        _load_staged(con, group)
+        return
+    redo = _load_fresh(con, group)
+    if redo:
+        _load_staged(con, redo)
+
+
+def _read_query(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> str:
+    """The SELECT reading the group's files with the declared schema (router rows already derived).
+
+    Its rows carry `run_id` and `_sb_file`; bad rows land in `_sb_rejects` / `_sb_rejects_scan`.
+    """
     first = group[0]
-    spec = first.spec
-    by_source = {p.source: p for p in group}
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _sb_files AS SELECT unnest(?::VARCHAR[]) AS _sb_source, "
         "unnest(?::VARCHAR[]) AS _sb_run_id",
@@ -309,10 +322,14 @@ def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> No
         "filename = '_sb_file', store_rejects = true, rejects_table = '_sb_rejects', "
         "rejects_scan = '_sb_rejects_scan') c JOIN _sb_files f ON c._sb_file = f._sb_source"
     )
-    if spec.kind == "router":  # parse and derive in one pass
+    if first.spec.kind == "router":  # parse and derive in one pass
         columns = {"run_id", "_sb_file", *first.needed, *expert_counts(list(first.types))}
         query = derived_select(f"({query})", columns, first.n_experts)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_new AS {query}")
+    return query
+
+
+def _collect_rejects(con: duckdb.DuckDBPyConnection, by_source: Mapping[str | None, FilePlan]) -> None:
+    """Bad rows of the last read, as RowErrors of the plans in `by_source` (others are ignored)."""
     # DuckDB reports one reject per bad cell (e.g. one per missing column); keep the first per line
     rejects = con.execute(
         "SELECT s.file_path, r.line, r.column_name, r.error_type, r.csv_line, r.error_message "
@@ -321,10 +338,67 @@ def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> No
         "ORDER BY s.file_path, r.line"
     ).fetchall()
     for source, line, column, etype, raw, message in rejects:
-        plan = by_source[source]
+        plan = by_source.get(source)
+        if plan is None:
+            continue
         plan.result.errors.append(
             RowError(str(plan.path), int(line) + plan.lines_before - 1, str(etype), str(message), column, raw)
         )
+
+
+def _load_fresh(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> list[FilePlan]:
+    """First read of these runs' table: insert straight into the table, without staging or upsert.
+
+    The keys are checked afterwards; a run whose rows have an empty or duplicate key (a resumed run logs
+    steps again) is taken out again and returned, to be loaded by the staged path (which reports empty keys
+    and keeps the last row per key). Returns those plans.
+    """
+    spec = group[0].spec
+    table = spec.db_table
+    query = _read_query(con, group)
+    con.execute("SET preserve_insertion_order = false")  # row order in the table does not matter
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (_sb_file) FROM ({query})")
+    finally:
+        con.execute("RESET preserve_insertion_order")
+    # equal keys have equal hashes, so a hash collision can only send a clean run to the staged path
+    key_hash = "hash(" + ", ".join(quote_ident(k) for k in spec.key) + ")"
+    null_sql = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
+    by_run = {p.run_id: p for p in group}  # one file per run in a group (same segment, same table)
+    counts = con.execute(
+        f"SELECT run_id, count(*), count(DISTINCT {key_hash}), count(*) FILTER (WHERE {null_sql}) "
+        f"FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY run_id",
+        [list(by_run)],
+    ).fetchall()
+    redo = [by_run[run] for run, n, distinct, nulls in counts if nulls or distinct != n]
+    if redo:
+        con.execute(
+            f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [[p.run_id for p in redo]]
+        )
+    redo_ids = {p.run_id for p in redo}
+    done = [p for p in group if p.run_id not in redo_ids]
+    _collect_rejects(con, {p.source: p for p in done})
+    for run, n, _, _ in counts:
+        if run not in redo_ids:
+            by_run[run].result.new_rows += n
+    if spec.kind == "router" and done:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _sb_runs AS SELECT unnest(?::VARCHAR[]) AS run_id",
+            [[p.run_id for p in done]],
+        )
+        refresh_router_steps(con, f"(SELECT * FROM {table} SEMI JOIN _sb_runs USING (run_id))", fresh=True)
+        con.execute("DROP TABLE _sb_runs")
+    con.execute("DROP TABLE IF EXISTS _sb_files")
+    return redo
+
+
+def _load_staged(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> None:
+    """Read into a staging table, report empty keys, then upsert (later rows win)."""
+    spec = group[0].spec
+    by_source = {p.source: p for p in group}
+    query = _read_query(con, group)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _sb_new AS {query}")
+    _collect_rejects(con, by_source)
     key_null = " OR ".join(f"{quote_ident(k)} IS NULL" for k in spec.key)
     for source, n in con.execute(
         f"SELECT _sb_file, count(*) FROM _sb_new WHERE {key_null} GROUP BY _sb_file"
@@ -338,7 +412,6 @@ def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> No
             )
         )
     con.execute("ALTER TABLE _sb_new DROP COLUMN _sb_file")
-    ensure_columns(con, spec.db_table, first.needed)
     fresh = not has_rows_for_runs(con, spec.db_table, "_sb_new")
     per_run = upsert_staged(con, spec.db_table, "_sb_new", spec.key)
     if spec.kind == "router":

@@ -433,7 +433,15 @@ def ingest(
             by_path[path] = result
         report.runs = [by_path[path] for _, path in sources if path in by_path]
         _store_errors(con, report.runs)
-        touched = [r.run_id for r in report.runs]
+        # the cached health summary changes only with new rows (or for a run not summarised yet)
+        summarised = {row[0] for row in con.execute("SELECT run_id FROM run_health").fetchall()}
+        touched = [
+            r.run_id
+            for r in report.runs
+            if r.run_id not in summarised
+            or any(r.new_rows.values())
+            or any(r.replaced_rows.values())
+        ]
         if touched:
             refresh_run_health(con, touched)
         refresh_config_view(con)

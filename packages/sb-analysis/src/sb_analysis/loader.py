@@ -32,6 +32,12 @@ def has_rows_for_runs(con: duckdb.DuckDBPyConnection, table: str, staged: str) -
     ).fetchall())
 
 
+def has_rows_for_run_ids(con: duckdb.DuckDBPyConnection, table: str, run_ids: list[str]) -> bool:
+    return bool(con.execute(
+        f"SELECT 1 FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[])) LIMIT 1", [run_ids]
+    ).fetchall())
+
+
 def upsert_staged(
     con: duckdb.DuckDBPyConnection, table: str, staged: str, key: Iterable[str]
 ) -> dict[str, tuple[int, int]]:
