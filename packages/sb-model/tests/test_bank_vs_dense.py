@@ -123,6 +123,19 @@ def test_sigmoid_gating_and_normalized_gates(make_bank, tokens):
     torch.testing.assert_close(y[0].double(), expect, atol=2e-5, rtol=1e-4)
 
     norm = make_bank(topk=2, normalize_gates=True, use_reverse_ema=False)
+    (y2, _), _ = _run(norm, x, flags)
+    probs = torch.softmax(norm.router_logits(x, 0, flags, None, None).double(), -1)
+    vals, idx = probs.topk(2, -1)
+    vals = vals / vals.sum(-1, keepdim=True)
+    expect2 = torch.zeros_like(xs)
+    for n in range(30):
+        for r in range(2):
+            e = int(idx[n, r])
+            u = xs[n] * norm.adapter_scale[0, e].double() + norm.adapter_bias[0, e].double()
+            expect2[n] += vals[n, r] * (
+                torch.relu(u @ norm.w1[e].double().t()).square() @ norm.w2[e].double().t()
+            )
+    torch.testing.assert_close(y2[0].double(), expect2, atol=2e-5, rtol=1e-4)
     r = sm.route(
         norm.router_logits(x, 0, flags, None, None), torch.ones(4, dtype=torch.bool), 2, normalize_gates=True
     )

@@ -72,7 +72,9 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[i
     if any((d * elem) % 16 for d in dims):
         return False
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+        # SM90+ has the fused kernel; on SM80 torch falls back to a loop that syncs with the host, so the
+        # sync-free blocked path is used there instead.
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (9, 0)
     if device.type == "cpu":
         return _CPU_PROBE.get(dtype, False)
     return False
