@@ -7,7 +7,9 @@ only what was appended; a last line without its newline is left for the next ing
 
 For speed, files that share a header (the same trainer version writes the same columns) are read in one
 `read_csv` call over the list of files; each file is still typed by the same declared schema, and bad
-rows are still attributed to their own file and line.
+rows are still attributed to their own file and line. The first read of a run's table inserts straight
+into the table (no staging, no upsert); only runs whose file repeats or lacks a key go through the staged
+upsert.
 """
 
 from __future__ import annotations
