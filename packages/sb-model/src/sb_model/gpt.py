@@ -186,9 +186,14 @@ class GPT(nn.Module):
             return True
         if mode == "sdpa":
             return False
-        # auto: FlexAttention where it is fused (CUDA, or anything under torch.compile); SDPA in
-        # eager CPU runs
-        return FLEX_AVAILABLE and (device.type == "cuda" or torch.compiler.is_compiling())
+        # auto: FlexAttention where it runs fused and differentiable: CUDA, or CPU inference under
+        # torch.compile
+        # (FlexAttention has no CPU backward); SDPA with the explicit mask everywhere else
+        if not FLEX_AVAILABLE:
+            return False
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and torch.compiler.is_compiling() and not torch.is_grad_enabled()
 
     def attention_masks(self, tokens: Tensor, attention: str | None = None) -> AttentionMasks:
         cfg = self.config
