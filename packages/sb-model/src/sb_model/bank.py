@@ -16,7 +16,12 @@ from torch import Tensor, nn
 from sb_model.aux_losses import reference_aux_loss, router_z_loss, switch_load_balancing_loss
 from sb_model.config import BankConfig
 from sb_model.dispatch import build_dispatch, capacity_for, position_major_priority
-from sb_model.ema import causal_reverse_snapshot, document_ema, reference_forward_ema
+from sb_model.ema import (
+    causal_reverse_snapshot,
+    document_ema,
+    reference_forward_ema,
+    reverse_snapshot_plan,
+)
 from sb_model.experts import (
     expert_ffn_blocked,
     expert_ffn_grouped,
@@ -38,6 +43,9 @@ class RoutingContext:
     doc_start: Tensor  # (B, T) bool
     schedule: RoutingSchedule
     ema_cache: dict[int, tuple[Tensor | None, Tensor | None]] = field(default_factory=dict)
+    # reverse snapshot as a row plan per layer group: (source rows (N, d), gather index (N,), coef (N,),
+    # layer whose input is the source); the bank projects the source through the router, then gathers
+    rev_plans: dict[int, tuple[Tensor, Tensor, Tensor, int]] = field(default_factory=dict)
 
 
 class SharedExpertBank(nn.Module):
@@ -129,20 +137,80 @@ class SharedExpertBank(nn.Module):
         ctx.ema_cache[base] = (fwd, rev)
         return fwd, rev
 
+    def _router_inputs(
+        self, x: Tensor, layer_idx: int, ctx: RoutingContext
+    ) -> tuple[Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor, int] | None]:
+        """This layer's EMA router features. The causal reverse snapshot (a row gather scaled per token, so
+        linear in x) is kept as a row plan: the router projects the source rows to E logits first and
+        gathers those, instead of gathering (and back-propagating) d-wide feature rows. ``ctx.ema_cache``
+        still receives the materialised feature (without grad) for inspection and decoding."""
+        cfg = self.config
+        base = (layer_idx // cfg.layer_stride) * cfg.layer_stride
+        plan = ctx.rev_plans.get(base)
+        if plan is not None and base in ctx.ema_cache:  # (a cleared cache drops the plan too)
+            return ctx.ema_cache[base][0], None, plan
+        if not (cfg.use_reverse_ema and cfg.reverse_ema_mode == "snapshot") or base in ctx.ema_cache:
+            fwd, rev = self._ema_features(x, layer_idx, ctx)
+            return fwd, rev, None
+        fwd = None
+        if cfg.use_forward_ema:
+            fwd = reference_forward_ema(x, self.ema_alpha_fwd[base].detach(), cfg.ema_window_fwd)
+        B, T, d = x.shape
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        src, coef = reverse_snapshot_plan(
+            self.ema_alpha_rev[base].detach(), ctx.doc_start, cfg.ema_window_rev, cdt
+        )
+        plan = (x.reshape(B * T, d), src, coef, layer_idx)
+        ctx.rev_plans[base] = plan
+        with torch.no_grad():
+            rev = (plan[0].index_select(0, src).to(cdt) * coef[:, None]).view(B, T, d).to(x.dtype)
+        ctx.ema_cache[base] = (fwd, rev)
+        return fwd, None, plan
+
     def router_logits(
         self, x: Tensor, layer_idx: int, flags: Tensor, ema_fwd: Tensor | None, ema_rev: Tensor | None
     ) -> Tensor:
         """(B*T, E) float32 = [x, ema_fwd, ema_rev, flags] · W_lᵀ + b_l, a product per feature (no concat)."""
+        return self._router_logits(x, layer_idx, flags, ema_fwd, ema_rev, None)
+
+    def _router_logits(
+        self,
+        x: Tensor,
+        layer_idx: int,
+        flags: Tensor,
+        ema_fwd: Tensor | None,
+        ema_rev: Tensor | None,
+        rev_plan: tuple[Tensor, Tensor, Tensor, int] | None,
+    ) -> Tensor:
         cfg = self.config
+        E = cfg.num_experts
+        N = x.shape[0] * x.shape[1]
         w = self.router_w[layer_idx]
-        parts = {"tok": x, "ema_fwd": ema_fwd, "ema_rev": ema_rev, "flags": flags}
-        out = None
-        for name, (a, b) in cfg.feature_slices.items():
-            feat = parts[name]
-            assert feat is not None
-            term = F.linear(feat.to(w.dtype), w[:, a:b])
-            out = term if out is None else out + term
-        assert out is not None
+        cols = cfg.feature_slices
+
+        def term(feat: Tensor | None, name: str) -> Tensor:
+            assert feat is not None, name
+            a, b = cols[name]
+            return F.linear(feat.reshape(N, -1).to(w.dtype), w[:, a:b])
+
+        rev_proj = None
+        if rev_plan is not None and rev_plan[3] == layer_idx:
+            # the snapshot's source is this layer's input: one product gives the token and reverse terms
+            (t0, t1), (r0, r1) = cols["tok"], cols["ema_rev"]
+            both = F.linear(x.reshape(N, -1).to(w.dtype), torch.cat([w[:, t0:t1], w[:, r0:r1]]))
+            out, rev_proj = both[:, :E], both[:, E:]
+        else:
+            out = term(x, "tok")
+            if rev_plan is not None:
+                rev_proj = term(rev_plan[0], "ema_rev")
+        if "ema_fwd" in cols:
+            out = out + term(ema_fwd, "ema_fwd")
+        if rev_plan is not None:
+            assert rev_proj is not None
+            out = out + rev_proj.index_select(0, rev_plan[1]) * rev_plan[2][:, None].to(rev_proj.dtype)
+        elif "ema_rev" in cols:
+            out = out + term(ema_rev, "ema_rev")
+        out = out + term(flags, "flags")
         out = out + self.router_b[layer_idx]
         out = out.to(torch.promote_types(out.dtype, torch.float32))  # float32 logits (float64 stays float64)
         return out.reshape(-1, cfg.num_experts)
@@ -183,8 +251,8 @@ class SharedExpertBank(nn.Module):
         sched = ctx.schedule
 
         live = live_experts(sched.active_mask, self.pruned)
-        ema_fwd, ema_rev = self._ema_features(x, layer_idx, ctx)
-        raw = self.router_logits(x, layer_idx, ctx.flags, ema_fwd, ema_rev)
+        ema_fwd, ema_rev, rev_plan = self._router_inputs(x, layer_idx, ctx)
+        raw = self._router_logits(x, layer_idx, ctx.flags, ema_fwd, ema_rev, rev_plan)
         logits = shape_logits(
             raw,
             temperature=sched.temperature * sched.temp_mult[layer_idx],
@@ -221,8 +289,9 @@ class SharedExpertBank(nn.Module):
         else:
             out_rows = expert_ffn_blocked(rows, self.w1, self.w2, disp.row_expert, align)
         gate = torch.where(disp.served, r.gates, torch.zeros_like(r.gates)).to(out_rows.dtype)
-        picked = out_rows.index_select(0, disp.dest.reshape(-1)).view(N, k, d)
-        y = (picked * gate[..., None]).sum(dim=1) if k > 1 else picked[:, 0] * gate
+        picked = out_rows.index_select(0, disp.dest.reshape(-1))
+        # top-1: (N, d) * (N, 1), no (N, 1, d) view to select from (a select's backward zero-fills a copy)
+        y = picked * gate if k == 1 else (picked.view(N, k, d) * gate[..., None]).sum(dim=1)
         y = y.view(B, T, d).to(x.dtype)
 
         aux, z = self._aux_loss(r, disp.demanded_counts, layer_idx, sched)

@@ -106,18 +106,32 @@ def causal_reverse_snapshot(x: Tensor, alpha: Tensor | float, doc_start: Tensor,
             f"{tuple(doc_start.shape)}"
         )
     B, T, D = x.shape
-    a = torch.as_tensor(alpha, device=x.device).to(_compute_dtype(x))
-    pos = torch.arange(T, device=x.device).expand(B, T)
+    flat_src, coef = reverse_snapshot_plan(alpha, doc_start, window, _compute_dtype(x))
+    # row gather on the flattened tokens (index_select: its backward is a fast row index_add)
+    snap = x.reshape(B * T, D).index_select(0, flat_src).to(coef.dtype)
+    return (snap * coef[:, None]).view(B, T, D).to(x.dtype)
+
+
+def reverse_snapshot_plan(
+    alpha: Tensor | float, doc_start: Tensor, window: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """The reverse snapshot as a row gather: (src (B*T,) int64, coef (B*T,) ``dtype``) such that
+    ``causal_reverse_snapshot(x)`` flattened to (B*T, D) equals ``x_flat[src] * coef[:, None]``.
+
+    The feature is linear in x, so the bank applies the router weight first and gathers (B*T, E) logit
+    contributions instead of (B*T, D) features."""
+    B, T = doc_start.shape
+    device = doc_start.device
+    a = torch.as_tensor(alpha, device=device).to(dtype)
+    pos = torch.arange(T, device=device).expand(B, T)
     starts = doc_start.clone()
     starts[:, 0] = True
     last_start = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
     ready = (pos - last_start) >= window
     src = (last_start + (window - 1)).clamp(max=T - 1)
-    # row gather on the flattened tokens (index_select: its backward is a fast row index_add)
-    flat_src = (src + torch.arange(B, device=x.device)[:, None] * T).reshape(B * T)
-    snap = x.reshape(B * T, D).index_select(0, flat_src).view(B, T, D).to(a.dtype)
-    out = snap * ((1 - a) * ready.to(a.dtype))[..., None]
-    return out.to(x.dtype)
+    flat_src = (src + torch.arange(B, device=device)[:, None] * T).reshape(B * T)
+    coef = ((1 - a) * ready.to(dtype)).reshape(B * T)
+    return flat_src, coef
 
 
 def document_ema(x: Tensor, alpha: Tensor | float, doc_start: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
