@@ -1,0 +1,16 @@
+"""The README's example runs as written (with a few random batches supplied)."""
+
+import re
+from pathlib import Path
+
+import torch
+
+
+def test_readme_example_runs():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Example\n\n```python\n(.*?)```", text, re.S).group(1)
+    batches = [torch.randint(0, 1000, (2, 17)) for _ in range(3)]
+    scope = {"batches": batches}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["opt"].param_groups[0]["use_muon"] is True
+    assert torch.isfinite(scope["loss"])
