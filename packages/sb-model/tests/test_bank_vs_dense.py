@@ -20,7 +20,7 @@ def test_matches_dense_reference(make_bank, tokens, reference_forward, topk, imp
     x = torch.randn(2, 24, 16)
     for layer in range(3):
         (y, _), ctx = _run(bank, x, flags, layer, temperature=1.3, logit_cap=1.5)
-        _, rev = ctx.ema_cache[0]
+        _, rev = ctx.ema_features(0)
         expect, _, _ = reference_forward(bank, x, layer, flags, None, rev, temperature=1.3, logit_cap=1.5)
         torch.testing.assert_close(y.double(), expect, atol=2e-5, rtol=1e-4)
 
@@ -86,7 +86,7 @@ def test_forward_ema_feature_and_batch(make_bank, tokens, reference_forward):
     flags = sm.build_router_flags(tok)
     x = torch.randn(3, 20, 16)
     (y, _), ctx = _run(bank, x, flags)
-    fwd, rev = ctx.ema_cache[0]
+    fwd, rev = ctx.ema_features(0)
     torch.testing.assert_close(rev, sm.document_ema(x, 0.85, sm.document_starts(tok)))
     expect, _, _ = reference_forward(bank, x, 0, flags, fwd, rev)
     torch.testing.assert_close(y.double(), expect, atol=2e-5, rtol=1e-4)

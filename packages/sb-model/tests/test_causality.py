@@ -37,7 +37,7 @@ def _run_bank(bank, tok, x, gumbel):
     for layer in range(bank.config.num_layers):
         torch.manual_seed(7 + layer)  # identical Gumbel draws in both runs
         y, _ = bank(h, layer, ctx)
-        raw = bank.router_logits(h, layer, ctx.flags, *ctx.ema_cache.get(0, (None, None)))
+        raw = bank.router_logits(h, layer, ctx.flags, *ctx.ema_features(0))
         routes.append(raw.view(*h.shape[:2], -1))
         outs.append(y)
         h = torch.nn.functional.rms_norm(h + y, (D,))

@@ -100,11 +100,11 @@ def test_ema_features_are_shared_within_a_layer_stride_group(make_bank, tokens, 
     assert sorted(ctx.ema_cache) == [0, 2]
     starts = sm.document_starts(tokens(1, 32))
     for base in (0, 2):
-        fwd, rev = ctx.ema_cache[base]
+        fwd, rev = ctx.ema_features(base)
         torch.testing.assert_close(fwd, sm.reference_forward_ema(xs[base], 0.8, 0))
         torch.testing.assert_close(rev, sm.causal_reverse_snapshot(xs[base], 0.85, starts, 4))
     # layer 1 routes with layer 0's EMA features, not its own
-    fwd0, rev0 = ctx.ema_cache[0]
+    fwd0, rev0 = ctx.ema_features(0)
     ctx2 = bank.context(flags)
     bank(xs[0], 0, ctx2)
     y1, _ = bank(xs[1], 1, ctx2)

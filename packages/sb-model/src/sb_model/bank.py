@@ -47,6 +47,19 @@ class RoutingContext:
     # layer whose input is the source); the bank projects the source through the router, then gathers
     rev_plans: dict[int, tuple[Tensor, Tensor, Tensor, int]] = field(default_factory=dict)
 
+    def ema_features(self, base: int) -> tuple[Tensor | None, Tensor | None]:
+        """(forward EMA, reverse feature) of layer group ``base`` as (B, T, d) tensors, (None, None) before
+        the group's first layer ran. A reverse snapshot held as a row plan is materialised here (no grad)."""
+        fwd, rev = self.ema_cache.get(base, (None, None))
+        plan = self.rev_plans.get(base)
+        if rev is None and plan is not None and base in self.ema_cache:
+            source, index, coef, _ = plan
+            B, T = self.flags.shape[:2]
+            with torch.no_grad():
+                rev = (source.index_select(0, index).to(coef.dtype) * coef[:, None]).view(B, T, -1)
+                rev = rev.to(source.dtype)
+        return fwd, rev
+
 
 class SharedExpertBank(nn.Module):
     """One bank of FFN experts shared by all layers, with per-layer routers and adapters."""
@@ -143,7 +156,7 @@ class SharedExpertBank(nn.Module):
         """This layer's EMA router features. The causal reverse snapshot (a row gather scaled per token, so
         linear in x) is kept as a row plan: the router projects the source rows to E logits first and
         gathers those, instead of gathering (and back-propagating) d-wide feature rows. ``ctx.ema_cache``
-        still receives the materialised feature (without grad) for inspection and decoding."""
+        then holds (fwd, None); :meth:`RoutingContext.ema_features` materialises the feature on request."""
         cfg = self.config
         base = (layer_idx // cfg.layer_stride) * cfg.layer_stride
         plan = ctx.rev_plans.get(base)
@@ -162,9 +175,7 @@ class SharedExpertBank(nn.Module):
         )
         plan = (x.reshape(B * T, d), src, coef, layer_idx)
         ctx.rev_plans[base] = plan
-        with torch.no_grad():
-            rev = (plan[0].index_select(0, src).to(cdt) * coef[:, None]).view(B, T, d).to(x.dtype)
-        ctx.ema_cache[base] = (fwd, rev)
+        ctx.ema_cache[base] = (fwd, None)
         return fwd, None, plan
 
     def router_logits(
@@ -282,7 +293,10 @@ class SharedExpertBank(nn.Module):
             frozen = sched.adapters_frozen
             scale = torch.where(frozen, scale.detach(), scale)
             bias = torch.where(frozen, bias.detach(), bias)
-            rows = rows * scale.index_select(0, disp.row_expert) + bias.index_select(0, disp.row_expert)
+            # one fused pass over the rows: bias + rows * scale
+            rows = torch.addcmul(
+                bias.index_select(0, disp.row_expert), rows, scale.index_select(0, disp.row_expert)
+            )
         rows = rows.to(self.w1.dtype)
         if impl == "grouped":
             out_rows = expert_ffn_grouped(rows, self.w1, self.w2, disp.offs)
