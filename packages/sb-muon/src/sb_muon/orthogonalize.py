@@ -134,6 +134,24 @@ def _polar_via_gram_eigh(X: torch.Tensor, rel_floor: float = 1e-6) -> torch.Tens
     return (Q * inv_sqrt.unsqueeze(-2)) @ (Q.mT @ X)
 
 
+def _newton_schulz(X: torch.Tensor, steps: int, method: Method, eps: float, use_triton: bool) -> torch.Tensor:
+    """Normalize the wide batch X (B, m, n), m <= n, then run the method's Newton–Schulz schedule."""
+    safety = 1.0
+    if method == "turbo":
+        X = _column_rms_precondition(X)
+        schedule = schedule_for(steps, turbo_triple(X.size(-2), X.size(-1)))
+    elif isinstance(method, str):
+        schedule = schedule_for(steps, _NAMED_SCHEDULES[method])
+        if method == "polar_express":
+            safety = POLAR_EXPRESS_SAFETY
+    else:
+        schedule = schedule_for(steps, method)
+    X = _normalize(X, safety, eps)
+    for a, b, c in schedule:
+        X = newton_schulz_step(X, a, b, c, use_triton=use_triton)
+    return X
+
+
 def polar_factor(G: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Exact polar factor U Vᵀ from an SVD (computed in `dtype`, returned in G's dtype).
 
@@ -184,24 +202,10 @@ def orthogonalize(
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT
-    X = X.to(compute_dtype)
-    if method == "eigh":
-        X = _polar_via_gram_eigh(X.float() if compute_dtype in (torch.bfloat16, torch.float16) else X)
-        X = X.mT if transposed else X
-        return X.reshape(*lead, X.size(-2), X.size(-1)).to(G.dtype)
-    safety = 1.0
-    if method == "turbo":
-        X = _column_rms_precondition(X)
-        schedule = schedule_for(steps, turbo_triple(X.size(-2), X.size(-1)))
-    elif isinstance(method, str):
-        schedule = schedule_for(steps, _NAMED_SCHEDULES[method])
-        if method == "polar_express":
-            safety = POLAR_EXPRESS_SAFETY
+    if method == "eigh":  # an eigendecomposition needs at least fp32
+        X = _polar_via_gram_eigh(X.to(torch.promote_types(compute_dtype, torch.float32)))
     else:
-        schedule = schedule_for(steps, method)
-    X = _normalize(X, safety, eps)
-    for a, b, c in schedule:
-        X = newton_schulz_step(X, a, b, c, use_triton=use_triton)
+        X = _newton_schulz(X.to(compute_dtype), steps, method, eps, use_triton)
     if transposed:
         X = X.mT
     if method == "turbo":
