@@ -1,0 +1,500 @@
+"""Atomic, multi-rank training checkpoints: save, list, prune, resolve `--resume`, load.
+
+Layout under a checkpoint root (one root per run; every rank must see the same filesystem)::
+
+    <root>/step_000400/
+        shared.pt          rank 0: the state every rank shares (model, replicated optimizer state,
+                           schedule/AutoClip/logit-stat states, data-loader position, config, step)
+        rank_00000.pt      each rank r writes rank_{r:05d}.pt: its own state (RNG states, optimizer
+        rank_00001.pt      state that is not replicated)
+        meta.json          written LAST by rank 0: {"format": "sb-train-checkpoint", "version": 1, "step",
+                           "world_size", "val_loss" (or null), "created_at", "files": {name: size_bytes}}
+
+Atomicity: a save writes everything into ``<root>/.step_000400.tmp-<nonce>/`` (rank 0 draws the nonce and
+broadcasts it), each file through a temporary name, fsync and ``os.replace``. When every rank reports its
+file written, rank 0 writes meta.json and renames the directory to ``step_000400`` (an existing directory
+of the same step is first renamed aside and deleted once the new one is in place). A directory without a
+valid meta.json, with a file missing or of the wrong size, or any hidden ``.tmp``/``.old`` directory is
+never taken as a checkpoint, so a run killed in the middle of a save resumes from the previous one.
+
+Errors are collective: a rank whose write fails reports it to the others (all-gather), every rank raises
+`CheckpointError` and the half-written directory is removed, so no rank waits forever in a barrier.
+
+After each save rank 0 prunes: it keeps the newest ``keep_last`` checkpoints plus the one with the lowest
+finite validation loss, and deletes stale ``.tmp``/``.old`` directories left by interrupted saves.
+
+Serialization: both kinds of file are read with ``torch.load(weights_only=True)``, which cannot execute
+code from the file. `save` therefore checks its input first and refuses (naming the key) any value that
+such a load could not rebuild: allowed are dicts, lists, tuples, sets, None, bool, int, float, complex,
+str, bytes, tensors, torch.Size/dtype/device/layout, and classes registered with
+``torch.serialization.add_safe_globals``. Convert the rest (a dataclass config: ``dataclasses.asdict``; a
+NumPy scalar: ``float(x)``; a NumPy array: ``torch.from_numpy``). `sb_train.rng_state` stores RNG states
+in this form.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "list_checkpoints",
+    "rank_file_name",
+    "read_checkpoint_info",
+    "step_dir_name",
+]
+
+CHECKPOINT_FORMAT = "sb-train-checkpoint"
+CHECKPOINT_VERSION = 1
+META_FILE = "meta.json"
+SHARED_FILE = "shared.pt"
+
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+_STALE_DIR = re.compile(r"^\.step_\d{6,}\.(tmp|old)-[0-9a-f]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, found or read; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What meta.json says about one complete checkpoint directory."""
+
+    path: Path
+    step: int
+    world_size: int
+    val_loss: float | None
+    created_at: str
+    files: dict[str, int]
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the checkpoint's files (meta.json excluded)."""
+        return sum(self.files.values())
+
+
+def step_dir_name(step: int) -> str:
+    """The final directory name of a step's checkpoint: ``step_000400``."""
+    return f"step_{step:06d}"
+
+
+def rank_file_name(rank: int) -> str:
+    """The per-rank file name of rank `rank`: ``rank_00003.pt``."""
+    return f"rank_{rank:05d}.pt"
+
+
+def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Read and verify a checkpoint directory; raise `CheckpointError` unless it is complete.
+
+    Complete means: meta.json parses, has this format and version, names the step of the directory and a
+    file list with shared.pt and one file per rank, and every listed file exists with the listed size.
+    """
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if _STALE_DIR.match(path.name):
+        raise CheckpointError(
+            f"{path} is the temporary directory of an interrupted save (or of a replaced checkpoint), "
+            "not a checkpoint; resume from a step_NNNNNN directory"
+        )
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint: it has no {META_FILE} (the save that wrote it was "
+            "interrupted); resume from another checkpoint, e.g. with --resume auto"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path} is corrupt (not readable JSON: {err}); delete {path}") from err
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{meta_path} is not an sb-train checkpoint description (no format field)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{meta_path} has checkpoint version {meta.get('version')!r}; this sb-train reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    try:
+        step, world_size = int(meta["step"]), int(meta["world_size"])
+        files = {str(name): int(size) for name, size in meta["files"].items()}
+        val_loss = None if meta.get("val_loss") is None else float(meta["val_loss"])
+        created_at = str(meta.get("created_at", ""))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{meta_path} is corrupt (bad/missing field {err!r}); delete {path}") from err
+    expected = {SHARED_FILE, *(rank_file_name(r) for r in range(world_size))}
+    if world_size < 1 or not expected <= files.keys():
+        raise CheckpointError(f"{meta_path} is corrupt: its file list does not match world_size={world_size}")
+    match = _STEP_DIR.match(path.name)
+    if match and int(match.group(1)) != step:
+        raise CheckpointError(f"{meta_path} is corrupt: it names step {step}, the directory is {path.name}")
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+        actual = file.stat().st_size
+        if actual != size:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} has {actual} bytes, meta.json recorded {size}"
+            )
+    return CheckpointInfo(path, step, world_size, val_loss, created_at, files)
+
+
+def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
+    """The complete checkpoints directly under `root`, sorted by step (incomplete ones are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if not _STEP_DIR.match(child.name) or not child.is_dir():
+            continue
+        try:
+            found.append(read_checkpoint_info(child))
+        except CheckpointError:
+            continue
+    return sorted(found, key=lambda info: info.step)
+
+
+class CheckpointManager:
+    """Saves and finds the checkpoints of one run under `root` (see the module docstring).
+
+    `rank`/`world_size` default to torch.distributed's when it is initialised, else 0/1. `keep_last`
+    is how many of the newest checkpoints pruning keeps (None: keep all); `keep_best` also keeps the
+    checkpoint with the lowest finite validation loss.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        keep_last: int | None = 3,
+        keep_best: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None (keep all), got {keep_last}")
+        distributed = _dist_initialized()
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if world_size is None:
+            world_size = dist.get_world_size() if distributed else 1
+        self.world_size = world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+
+    # ----------------------------------------------------------------------------------------- find
+
+    def list(self) -> list[CheckpointInfo]:
+        """The complete checkpoints under the root, sorted by step."""
+        return list_checkpoints(self.root)
+
+    def latest(self) -> Path | None:
+        """The complete checkpoint with the highest step, or None."""
+        infos = self.list()
+        return infos[-1].path if infos else None
+
+    def best(self) -> Path | None:
+        """The complete checkpoint with the lowest finite validation loss (newest on ties), or None."""
+        best = _best(self.list())
+        return best.path if best else None
+
+    def resolve(self, spec: str) -> Path | None:
+        """The checkpoint a ``--resume`` value names.
+
+        ``"auto"``: the newest complete checkpoint under the root, or None when there is none (a fresh
+        start). Otherwise a path: a checkpoint directory (it must be complete) or a checkpoint root (its
+        newest complete checkpoint; an error when it has none).
+        """
+        if spec == "auto":
+            return self.latest()
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"--resume {spec}: {path} does not exist (--resume auto starts fresh)")
+        if (path / META_FILE).exists() or _STEP_DIR.match(path.name):
+            return read_checkpoint_info(path).path
+        infos = list_checkpoints(path)
+        if not infos:
+            raise CheckpointError(f"--resume {spec}: {path} holds no complete checkpoint (step_*/meta.json)")
+        return infos[-1].path
+
+    # ----------------------------------------------------------------------------------------- load
+
+    def load(self, path: str | os.PathLike[str], *, map_location: Any = "cpu") -> tuple[dict, dict]:
+        """Read a checkpoint: (shared dict, this rank's per-rank dict).
+
+        Raises `CheckpointError` when the checkpoint is incomplete or corrupt, or was written by a
+        different number of ranks (per-rank state cannot be mapped onto another world size).
+        """
+        info = read_checkpoint_info(path)
+        if info.world_size != self.world_size:
+            raise CheckpointError(
+                f"checkpoint {info.path} was written by {info.world_size} rank(s) but this run has "
+                f"{self.world_size}: per-rank state (each rank's RNG streams, per-rank optimizer state) "
+                "cannot be mapped onto a different number of ranks, so an exact resume is impossible. "
+                f"Resume with {info.world_size} process(es) (torchrun --nproc_per_node={info.world_size}), "
+                "or start a new run from the model weights only (CheckpointManager.load_shared)."
+            )
+        shared = _load_file(info.path / SHARED_FILE, map_location)
+        per_rank = _load_file(info.path / rank_file_name(self.rank), map_location)
+        return shared, per_rank
+
+    def load_shared(self, path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict:
+        """Only the shared dict (any world size): for warm starts and inspection, not for exact resume."""
+        info = read_checkpoint_info(path)
+        return _load_file(info.path / SHARED_FILE, map_location)
+
+    # ----------------------------------------------------------------------------------------- save
+
+    def save(self, step: int, shared: dict, per_rank: dict, *, val_loss: float | None = None) -> Path:
+        """Write the checkpoint of `step` atomically; a collective that every rank calls.
+
+        `shared` is written by rank 0 only (the other ranks may pass the same dict or an empty one);
+        `per_rank` is written by every rank. Returns the final directory. On failure on any rank, every
+        rank raises `CheckpointError` and the previous checkpoints are untouched.
+        """
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        distributed = self._check_collective()
+        final = self.root / step_dir_name(step)
+        nonce = _broadcast(uuid.uuid4().hex[:12] if self.rank == 0 else None, distributed)
+        tmp = self.root / f".{step_dir_name(step)}.tmp-{nonce}"
+
+        report: dict[str, Any] = {"rank": self.rank, "files": {}, "error": None}
+        local_error: Exception | None = None
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            targets = [(rank_file_name(self.rank), per_rank, "per_rank")]
+            if self.rank == 0:
+                targets.insert(0, (SHARED_FILE, shared, "shared"))
+            for name, obj, label in targets:
+                _check_weights_only(obj, label)
+                report["files"][name] = _write_atomic(tmp / name, lambda f, obj=obj: torch.save(obj, f))
+        except Exception as err:
+            local_error = err
+            report["error"] = f"rank {self.rank}: {type(err).__name__}: {err}"
+        reports = _all_gather(report, self.world_size, distributed)
+
+        errors = [r["error"] for r in reports if r["error"]]
+        outcome: str | None = None
+        if self.rank == 0:
+            if errors:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                try:
+                    files = {name: size for r in reports for name, size in r["files"].items()}
+                    self._publish(tmp, final, step, files, val_loss, nonce)
+                except Exception as err:
+                    local_error = err
+                    outcome = f"rank 0: {type(err).__name__}: {err}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    self._prune()
+        outcome = _broadcast(outcome, distributed)
+        if errors or outcome:
+            message = "; ".join([*errors, *([outcome] if outcome else [])])
+            raise CheckpointError(
+                f"saving the checkpoint of step {step} under {self.root} failed: {message}"
+            ) from local_error
+        return final
+
+    def _check_collective(self) -> bool:
+        distributed = _dist_initialized()
+        if self.world_size > 1 and not distributed:
+            raise CheckpointError(
+                f"world_size={self.world_size} needs torch.distributed to be initialised before save()"
+            )
+        if distributed and dist.get_world_size() != self.world_size:
+            raise CheckpointError(
+                f"CheckpointManager has world_size={self.world_size} but torch.distributed has "
+                f"{dist.get_world_size()}"
+            )
+        return distributed
+
+    def _publish(
+        self, tmp: Path, final: Path, step: int, files: dict[str, int], val_loss: float | None, nonce: str
+    ) -> None:
+        """Rank 0: write meta.json last, then move the directory into place."""
+        later = [info.step for info in self.list() if info.step > step]
+        if later:
+            warnings.warn(
+                f"saving step {step} under {self.root}, which already holds later checkpoints (steps "
+                f"{later}) from an earlier run; --resume auto will pick the latest step",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "world_size": self.world_size,
+            "val_loss": float(val_loss) if val_loss is not None and math.isfinite(val_loss) else None,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": dict(sorted(files.items())),
+        }
+        text = json.dumps(meta, indent=2) + "\n"
+        _write_atomic(tmp / META_FILE, lambda f: f.write(text.encode()))
+        _fsync_dir(tmp)
+        aside = None
+        if final.exists():
+            aside = final.with_name(f".{final.name}.old-{nonce}")
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except Exception:
+            if aside is not None:  # put the earlier checkpoint of this step back
+                os.replace(aside, final)
+            raise
+        _fsync_dir(self.root)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def _prune(self) -> None:
+        """Rank 0: keep the newest `keep_last` and the best; delete stale .tmp/.old directories.
+
+        A failure here only warns: the new checkpoint is in place, and the next save prunes again.
+        """
+        try:
+            self._prune_unsafe()
+        except OSError as err:
+            message = f"pruning old checkpoints under {self.root} failed: {err}"
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _prune_unsafe(self) -> None:
+        infos = self.list()
+        if not infos:
+            return
+        keep = {info.path for info in (infos if self.keep_last is None else infos[-self.keep_last :])}
+        best = _best(infos) if self.keep_best else None
+        if best is not None:
+            keep.add(best.path)
+        for info in infos:
+            if info.path not in keep:
+                shutil.rmtree(info.path, ignore_errors=True)
+        newest = max((info.path / META_FILE).stat().st_mtime for info in infos if info.path in keep)
+        for child in self.root.iterdir():
+            if _STALE_DIR.match(child.name) and child.is_dir() and child.stat().st_mtime <= newest:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _best(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
+    scored = [i for i in infos if i.val_loss is not None and math.isfinite(i.val_loss)]
+    return min(scored, key=lambda i: (i.val_loss, -i.step)) if scored else None
+
+
+def _dist_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _broadcast(value: Any, distributed: bool) -> Any:
+    if not distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(value: Any, world_size: int, distributed: bool) -> list[Any]:
+    if not distributed:
+        return [value]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> int:
+    """Write through ``.<name>.partial`` + fsync + os.replace; return the final size in bytes."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    return path.stat().st_size
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: some filesystems refuse to fsync directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _load_file(path: Path, map_location: Any) -> dict:
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path}, it is corrupt ({type(err).__name__}: {err})") from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not the dict a checkpoint file holds")
+    return obj
+
+
+_LEAF_TYPES: tuple[type, ...] = (
+    type(None), bool, int, float, complex, str, bytes, bytearray,
+    torch.Size, torch.dtype, torch.device, torch.layout,
+)  # fmt: skip
+_CONTAINER_TYPES: tuple[type, ...] = (list, tuple, set, dict, collections.OrderedDict, collections.Counter)
+
+
+def _safe_globals() -> set[type]:
+    getter = getattr(torch.serialization, "get_safe_globals", None)  # torch >= 2.5
+    if getter is None:
+        return set()
+    return {g for g in getter() if isinstance(g, type)}
+
+
+def _check_weights_only(obj: Any, label: str) -> None:
+    """Raise TypeError naming the first value that ``torch.load(weights_only=True)`` could not rebuild."""
+    extra = _safe_globals()
+    stack: list[tuple[Any, str]] = [(obj, label)]
+    while stack:
+        value, where = stack.pop()
+        kind = type(value)
+        if kind in _LEAF_TYPES or kind in extra or kind in (torch.Tensor, torch.nn.Parameter):
+            continue
+        if kind in _CONTAINER_TYPES:
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    stack.append((key, f"{where} key {key!r}"))
+                    stack.append((item, f"{where}[{key!r}]"))
+            else:
+                stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+            continue
+        raise TypeError(
+            f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) cannot "
+            "read back; store plain values instead (dataclasses.asdict(config), float(x), "
+            "torch.from_numpy(a)) or register the class with torch.serialization.add_safe_globals"
+        )
