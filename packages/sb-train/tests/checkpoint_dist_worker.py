@@ -59,6 +59,13 @@ def main(root: Path, report_dir: Path) -> None:
     assert manager.latest() == latest
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
+    try:  # a manager whose ranks disagree with torch.distributed fails before any collective
+        CheckpointManager(root, rank=1 - rank, world_size=2).save(5, {}, {})
+    except CheckpointError as err:
+        assert "leave rank/world_size unset" in str(err)
+    else:
+        raise AssertionError("a rank mismatch must be refused")
+
     assert any_rank_requested(rank == 1) is True
     assert any_rank_requested(False) is False
 

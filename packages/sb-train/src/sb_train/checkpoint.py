@@ -326,10 +326,10 @@ class CheckpointManager:
             raise CheckpointError(
                 f"world_size={self.world_size} needs torch.distributed to be initialised before save()"
             )
-        if distributed and dist.get_world_size() != self.world_size:
+        if distributed and (dist.get_world_size(), dist.get_rank()) != (self.world_size, self.rank):
             raise CheckpointError(
-                f"CheckpointManager has world_size={self.world_size} but torch.distributed has "
-                f"{dist.get_world_size()}"
+                f"CheckpointManager has rank {self.rank} of {self.world_size} but torch.distributed has rank "
+                f"{dist.get_rank()} of {dist.get_world_size()}; leave rank/world_size unset to use the latter"
             )
         return distributed
 
