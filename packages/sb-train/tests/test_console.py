@@ -73,39 +73,39 @@ class FakeClock:
 
 def test_printer_rate_limits_by_steps_and_seconds():
     clock, out = FakeClock(), io.StringIO()
-    printer = ProgressPrinter(100, 1000, every_steps=10, every_s=5.0, stream=out, clock=clock)
+    printer = ProgressPrinter(100, 1000, every=10, every_s=5.0, stream=out, clock=clock)
     printed = []
     for step in range(100):
         clock.now += 0.1  # fast steps: the step interval decides
-        if printer.update(step, time_ms=100.0 * (step + 1), loss=3.0) is not None:
+        if printer.update(step, 3.0, 100.0 * (step + 1)) is not None:
             printed.append(step)
     assert printed == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]  # the last step is always printed
     assert out.getvalue().count("\n") == len(printed)
 
-    printer = ProgressPrinter(100, 1000, every_steps=10, every_s=5.0, stream=io.StringIO(), clock=clock)
+    printer = ProgressPrinter(100, 1000, every=10, every_s=5.0, stream=io.StringIO(), clock=clock)
     printed = []
     for step in range(8):
         clock.now += 2.0  # slow steps: the time interval decides
-        if printer.update(step, time_ms=2000.0 * (step + 1), loss=3.0):
+        if printer.update(step, 3.0, 2000.0 * (step + 1)):
             printed.append(step)
     assert printed == [0, 3, 6]
 
 
 def test_printer_eta_and_rate_from_step_time_ema():
     clock = FakeClock()
-    printer = ProgressPrinter(1000, 5000, every_steps=1, stream=io.StringIO(), clock=clock, ema_weight=0.5)
-    line = printer.update(9, time_ms=1000.0, loss=3.0)  # first call: 10 steps in 1 s -> 0.1 s/step
+    printer = ProgressPrinter(1000, 5000, every=1, stream=io.StringIO(), clock=clock, ema_weight=0.5)
+    line = printer.update(9, 3.0, 1000.0)  # first call: 10 steps in 1 s -> 0.1 s/step
     assert printer.step_time_s == pytest.approx(0.1)
     assert printer.tokens_per_s() == pytest.approx(50_000)
     assert printer.eta_s(9) == pytest.approx(99.0)
     assert line.startswith("step 10/1000 (1.0%) loss 3.000 | 50.0k tok/s | ETA 1m39s")
-    printer.update(10, time_ms=1300.0, loss=3.0)  # one step of 0.3 s, EMA weight 0.5
+    printer.update(10, 3.0, 1300.0)  # one step of 0.3 s, EMA weight 0.5
     assert printer.step_time_s == pytest.approx(0.2)
-    printer.update(12, time_ms=1700.0, loss=3.0)  # two steps of 0.2 s each
+    printer.update(12, 3.0, 1700.0)  # two steps of 0.2 s each
     assert printer.step_time_s == pytest.approx(0.2)
-    printer.update(13, time_ms=1700.0 + 0.2e3, loss=2.9, router=HEALTHY)
+    printer.update(13, 2.9, 1900.0, router=HEALTHY)
     assert printer.router == HEALTHY  # kept for later lines without a report
-    assert "[ok]" in printer.update(14, time_ms=2100.0, loss=2.9)
+    assert "[ok]" in printer.update(14, 2.9, 2100.0)
 
 
 def test_printer_validation_and_disabled_ranks():
@@ -115,7 +115,18 @@ def test_printer_validation_and_disabled_ranks():
     assert out.getvalue() == "step:250/1750 val_loss:3.500000 train_time:117500ms step_avg:470.00ms\n"
     quiet_out = io.StringIO()
     quiet = ProgressPrinter(10, 1, stream=quiet_out, enabled=False)
-    assert quiet.update(0, 1.0, 3.0) is None and quiet.validation(0, 3.0, 0.0) is None
+    assert quiet.update(0, 3.0, 1.0) is None and quiet.validation(0, 3.0, 0.0) is None
+    assert quiet.finish("finished", 3.0, 1.0) is None
     assert quiet_out.getvalue() == ""
-    with pytest.raises(ValueError, match="every_steps"):
-        ProgressPrinter(10, 1, every_steps=0)
+    with pytest.raises(ValueError, match="every must be"):
+        ProgressPrinter(10, 1, every=0)
+
+
+def test_printer_without_tokens_per_step_and_final_line():
+    out = io.StringIO()
+    printer = ProgressPrinter(total=4, every=1, stream=out)
+    assert "? tok/s" in printer.update(0, 3.0, 500.0)
+    assert printer.finish("finished", 2.912345, 830_000.0) == (
+        "run finished: train_time:830000ms (13.8 min) val_loss:2.912345"
+    )
+    assert printer.finish("aborted") == "run aborted:"

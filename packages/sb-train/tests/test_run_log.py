@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from sb_analysis import RunDB, ingest, read_offline_run
+from sb_analysis.logwriter import config_hash
 from sb_analysis.wandb_ingest import find_wandb_files
 from sb_model.metrics import RouterMetrics, call_statistics
 from sb_train.run_log import (
     SCALAR_HEAD,
     SCALAR_TAIL,
-    NullRunLogger,
     RunLogger,
     WandbSettings,
     router_columns,
@@ -74,7 +74,7 @@ def make_logger(run_dir, **overrides):
         extra_header={"git_sha": "abc123", "git_dirty": True},
     )
     kwargs.update(overrides)
-    return RunLogger.create(run_dir, **kwargs)
+    return RunLogger(run_dir, **kwargs)
 
 
 def step_scalars(step: int, loss: float, **extra):
@@ -178,7 +178,9 @@ def test_bad_scalars_raise_clear_errors(tmp_path):
         logger.log_step(0, {"time_ms": 1.0, "tokens": 2.5})
     with pytest.raises(ValueError, match="status state"):
         logger.write_status("done", 0, 0.0)
-    logger.log_step(0, {"time_ms": torch.tensor(3.0), "loss": torch.tensor(2.0), "tokens": 256.0})
+    with pytest.raises(ValueError, match="called for step 0"):
+        logger.log_step(0, {"step": 1, "time_ms": 1.0})
+    logger.log_step(0, {"step": 0, "time_ms": torch.tensor(3.0), "loss": torch.tensor(2.0), "tokens": 256.0})
     logger.close()
     assert (tmp_path / "run" / "scalars.csv").read_text().splitlines()[1].startswith("0,3,")
 
@@ -250,16 +252,38 @@ def test_column_change_starts_a_segment(tmp_path):
         assert db.runs()["state"][0] == "finished"
 
 
-def test_null_logger_on_other_ranks_writes_nothing(tmp_path):
+def test_disabled_logger_on_other_ranks_writes_nothing(tmp_path):
     run_dir = tmp_path / "rank1"
-    logger = make_logger(run_dir, enabled=False)
-    assert isinstance(logger, NullRunLogger) and not isinstance(logger, RunLogger) and not logger.enabled
+    logger = make_logger(run_dir, enabled=False, wandb=WandbSettings(mode="offline"))
+    assert not logger.enabled and logger.wandb_run is None
     logger.log_step(0, step_scalars(0, 3.0), fake_report(0))
     logger.write_status("running", 0, 1.0)
     logger.close("finished")
     assert not run_dir.exists()
-    with pytest.raises(ValueError, match="unknown scalar"):
+    with pytest.raises(ValueError, match="unknown scalar"):  # the same checks as on rank 0
         logger.log_step(1, {"time_ms": 1.0, "bogus": 1.0})
+    with pytest.raises(ValueError, match="4 experts"):
+        make_logger(run_dir, enabled=False, num_experts=8).log_step(0, {"time_ms": 1.0}, fake_report(0))
+
+
+def test_status_extras_survive_close_and_header_keys_are_protected(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="config_hash"):
+        make_logger(run_dir, extra_header={"config_hash": "sha256:0"})
+    config = {"seed": 1}
+    same = {"config_hash": config_hash(config), "git_sha": None, "note": "x"}
+    logger = make_logger(run_dir, config=config, extra_header=same)
+    logger.log_step(0, step_scalars(0, 3.0))
+    logger.write_status("failed", 0, 100.0, error="RuntimeError('oom')", logit_cap_hit_rate=0.25)
+    logger.close("failed")
+    logger.close("failed")  # a second close does nothing
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == "RuntimeError('oom')"
+    assert status["logit_cap_hit_rate"] == 0.25
+    header = json.loads((run_dir / "run.json").read_text())
+    assert (
+        header["note"] == "x" and header["git_sha"] is None and header["config_hash"] == same["config_hash"]
+    )
 
 
 def test_context_manager_records_failures(tmp_path):

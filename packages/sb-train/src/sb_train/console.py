@@ -132,21 +132,22 @@ def format_validation(step: int, total: int, val_loss: float, train_time_ms: flo
 
 
 class ProgressPrinter:
-    """Prints a progress line every ``every_steps`` steps or every ``every_s`` seconds, whichever comes first.
+    """Prints a progress line every ``every`` steps or every ``every_s`` seconds, whichever comes first.
 
     Call :meth:`update` after every training step with the cumulative *training* time (the trainer's
     ``time_ms``, which excludes validation and compile); the step time is an EMA of its increments, so a
-    validation pause does not distort the ETA. The clock only decides when to print (inject one in tests).
-    The last step (``step == total_steps - 1``) is always printed. ``enabled=False`` (ranks other than 0)
+    validation pause does not distort the ETA, and tokens/s is ``tokens_per_step`` over that step time (left
+    out when ``tokens_per_step`` is None). The clock only decides when to print (inject one in tests). The
+    last training step (index ``total - 1``) is always printed. ``enabled=False`` (ranks other than 0)
     prints nothing.
     """
 
     def __init__(
         self,
-        total_steps: int,
-        tokens_per_step: int,
+        total: int,
+        tokens_per_step: int | None = None,
         *,
-        every_steps: int = 50,
+        every: int = 50,
         every_s: float = 30.0,
         num_experts: int | None = None,
         ema_weight: float = 0.1,
@@ -154,13 +155,13 @@ class ProgressPrinter:
         clock: Callable[[], float] = time.monotonic,
         enabled: bool = True,
     ) -> None:
-        if every_steps < 1 or every_s <= 0:
-            raise ValueError(f"every_steps must be >= 1 and every_s > 0 (got {every_steps}, {every_s})")
+        if every < 1 or every_s <= 0:
+            raise ValueError(f"every must be >= 1 and every_s > 0 (got {every}, {every_s})")
         if not 0 < ema_weight <= 1:
             raise ValueError(f"ema_weight must be in (0, 1] (got {ema_weight})")
-        self.total_steps = total_steps
+        self.total = total
         self.tokens_per_step = tokens_per_step
-        self.every_steps = every_steps
+        self.every = every
         self.every_s = every_s
         self.num_experts = num_experts
         self.ema_weight = ema_weight
@@ -193,22 +194,22 @@ class ProgressPrinter:
         """Seconds of training left after step index ``step``, from the step-time EMA."""
         if self.step_time_s is None:
             return None
-        return max(self.total_steps - (step + 1), 0) * self.step_time_s
+        return max(self.total - (step + 1), 0) * self.step_time_s
 
     def tokens_per_s(self) -> float | None:
-        if not self.step_time_s:
+        if not self.step_time_s or self.tokens_per_step is None:
             return None
         return self.tokens_per_step / self.step_time_s
 
     def update(
         self,
         step: int,
-        time_ms: float,
         loss: float | None,
+        time_ms: float,
         router: Mapping[str, float] | None = None,
     ) -> str | None:
         """Record step index ``step`` (done at cumulative training time ``time_ms``); print and return the
-        line when one is due, else return None."""
+        line when one is due, else return None. ``router``: a RoutingReport summary, kept for later lines."""
         if not self.enabled:
             return None
         self._observe(step, time_ms)
@@ -217,16 +218,16 @@ class ProgressPrinter:
         now = self.clock()
         due = (
             self._printed_step is None
-            or step - self._printed_step >= self.every_steps
+            or step - self._printed_step >= self.every
             or (self._printed_at is not None and now - self._printed_at >= self.every_s)
-            or step >= self.total_steps - 1
+            or step >= self.total - 1
         )
         if not due:
             return None
         self._printed_step, self._printed_at = step, now
         line = format_progress(
             step + 1,
-            self.total_steps,
+            self.total,
             loss,
             self.tokens_per_s(),
             self.eta_s(step),
@@ -240,7 +241,22 @@ class ProgressPrinter:
         """Print the reference's validation line (always, on an enabled printer)."""
         if not self.enabled:
             return None
-        line = format_validation(step, self.total_steps, val_loss, train_time_ms)
+        line = format_validation(step, self.total, val_loss, train_time_ms)
+        self._print(line)
+        return line
+
+    def finish(
+        self, state: str, final_val_loss: float | None = None, time_ms: float | None = None
+    ) -> str | None:
+        """Print the last line, e.g. ``run finished: train_time:830000ms (13.8 min) val_loss:2.912345``."""
+        if not self.enabled:
+            return None
+        parts = [f"run {state}:"]
+        if time_ms is not None:
+            parts.append(f"train_time:{time_ms:.0f}ms ({time_ms / 60000:.1f} min)")
+        if final_val_loss is not None:
+            parts.append(f"val_loss:{final_val_loss:.6f}")
+        line = " ".join(parts)
         self._print(line)
         return line
 

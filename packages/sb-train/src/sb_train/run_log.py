@@ -1,7 +1,7 @@
 """The trainer's run directory (docs/log-format.md): run.json, scalars.csv, router.csv, status.json, W&B.
 
-Rank 0 gets a :class:`RunLogger`; every other rank gets a :class:`NullRunLogger` with the same methods,
-which check their arguments the same way and write nothing (``RunLogger.create(..., enabled=rank == 0)``).
+Every rank builds a :class:`RunLogger` with ``enabled=(rank == 0)``: a disabled logger checks its arguments
+the same way (so a bad key fails on every rank alike) and touches no file.
 The CSV files are written with :mod:`sb_analysis.logwriter` (whole-line appends flushed per step, atomic
 JSON), so the same rules hold as for the format's reference writer.
 
@@ -150,6 +150,7 @@ WANDB_SCALAR_NAMES = {
 }
 STATES = ("running", "finished", "aborted", "failed")
 STATUS_KEYS = ("final_val_loss", "best_val_loss", "best_val_step", "abort_reason", "error")
+COMPUTED_HEADER_KEYS = ("format", "format_version", "run_id", "config", "config_hash", "num_experts")
 STATUS_EVERY = 50
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -310,74 +311,19 @@ class WandbSettings:
             raise ValueError(f"wandb mode must be 'offline' or 'online' (got {self.mode!r})")
 
 
-class NullRunLogger:
-    """The logger of ranks other than 0: checks its inputs like :class:`RunLogger`, writes nothing."""
-
-    enabled = False
-
-    def __init__(
-        self, lr_groups: Sequence[str] = (), num_experts: int = 1, feature_names: Sequence[str] = ()
-    ):
-        self.scalar_columns = scalar_columns(lr_groups)
-        self.router_columns = router_columns(num_experts, feature_names)
-        self.wandb_run: Any = None
-
-    def check_scalars(self, scalars: Mapping[str, Any]) -> None:
-        """Raise ValueError for keys that are not scalars.csv columns (the header is fixed)."""
-        unknown = set(scalars) - set(self.scalar_columns)
-        if unknown:
-            raise ValueError(
-                f"unknown scalar(s) {sorted(unknown)}: scalars.csv has a fixed header; known columns are "
-                f"{self.scalar_columns} (add an lr group at construction, or log the value elsewhere)"
-            )
-        if "step" in scalars:
-            raise ValueError("pass the step as log_step's first argument, not in scalars")
-
-    def log_step(
-        self,
-        step: int,
-        scalars: Mapping[str, Any],
-        report: RoutingReport | None = None,
-        *,
-        tokens_per_layer: int | None = None,
-        layer_values: Mapping[str, Sequence[float | None]] | None = None,
-    ) -> None:
-        self.check_scalars(scalars)
-
-    def write_status(self, state: str, step: int, time_ms: float, **extra: Any) -> None:
-        _check_status(state, extra)
-
-    def close(self, state: str = "finished", **extra: Any) -> None:
-        _check_status(state, extra)
-
-    def __enter__(self) -> NullRunLogger:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.close("finished" if exc_type is None else "failed", **({"error": repr(exc)} if exc else {}))
-
-
-def _check_status(state: str, extra: Mapping[str, Any]) -> None:
+def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"status state must be one of {STATES} (got {state!r})")
-    unknown = set(extra) - set(STATUS_KEYS)
-    if unknown:
-        raise ValueError(f"unknown status key(s) {sorted(unknown)}; known: {STATUS_KEYS}")
 
 
-class RunLogger(NullRunLogger):
-    """Writes one run directory on rank 0 (see the module docstring)."""
+class RunLogger:
+    """Writes one run directory (see the module docstring); with ``enabled=False`` (every rank but 0) it
+    checks its inputs the same way and touches no file.
 
-    enabled = True
-
-    @classmethod
-    def create(cls, *args: Any, enabled: bool = True, **kwargs: Any) -> NullRunLogger:
-        """A :class:`RunLogger`, or a :class:`NullRunLogger` with the same columns when not ``enabled``."""
-        if enabled:
-            return cls(*args, **kwargs)
-        return NullRunLogger(
-            kwargs.get("lr_groups", ()), kwargs["num_experts"], kwargs.get("feature_names", ())
-        )
+    ``extra_header`` adds keys to run.json (e.g. :func:`sb_train.code_version.code_version`'s ``git_sha`` and
+    ``git_dirty``); the keys the logger computes itself (``format``, ``run_id``, ``config``, ``config_hash``,
+    ...) cannot be overridden with a different value.
+    """
 
     def __init__(
         self,
@@ -392,7 +338,7 @@ class RunLogger(NullRunLogger):
         tokens_per_step: int,
         total_steps: int,
         world_size: int = 1,
-        device: str = "cpu",
+        device_name: str = "cpu",
         lr_groups: Sequence[str] = (),
         feature_names: Sequence[str] = (),
         router_stats_scope: str = "global",
@@ -400,12 +346,26 @@ class RunLogger(NullRunLogger):
         resumed_from: Mapping[str, Any] | None = None,
         extra_header: Mapping[str, Any] | None = None,
         status_every: int = STATUS_EVERY,
+        enabled: bool = True,
     ) -> None:
-        super().__init__(lr_groups, num_experts, feature_names)
+        self.enabled = enabled
+        self.scalar_columns = scalar_columns(lr_groups)
+        self.router_columns = router_columns(num_experts, feature_names)
+        self._scalar_set = set(self.scalar_columns)
+        self._router_set = set(self.router_columns)
+        self.num_experts = num_experts
+        self.total_steps = total_steps
+        self.status_every = status_every
+        self.wandb_run: Any = None
+        self._closed = False
         if router_stats_scope not in ("global", "rank0"):
             raise ValueError(f"router_stats_scope must be 'global' or 'rank0' (got {router_stats_scope!r})")
         if resumed_from is not None and not {"checkpoint", "step"} <= set(resumed_from):
             raise ValueError("resumed_from must be {'checkpoint': path, 'step': s}")
+        settings = WandbSettings(**wandb) if isinstance(wandb, Mapping) else wandb
+        if not enabled:
+            self.run_id = run_id
+            return
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         previous = self._previous_header(resumed_from)
@@ -417,8 +377,6 @@ class RunLogger(NullRunLogger):
                 f"{self.run_dir} holds run {previous.get('run_id')!r}, not {self.run_id!r}: resume with the "
                 "same run id (or run_id=None), or log the new run into a new directory"
             )
-        self.total_steps = total_steps
-        self.status_every = status_every
         self.header: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -431,7 +389,7 @@ class RunLogger(NullRunLogger):
             "git_dirty": False,
             "host": os.uname().nodename,
             "world_size": world_size,
-            "device": device,
+            "device": device_name,
             "num_layers": num_layers,
             "num_experts": num_experts,
             "top_k": top_k,
@@ -440,11 +398,16 @@ class RunLogger(NullRunLogger):
             "router_stats_scope": router_stats_scope,
             "wandb": None,
             "resumed_from": dict(resumed_from) if resumed_from is not None else None,
-            **dict(extra_header or {}),
         }
-        self.num_experts = num_experts
-        self._router_set = set(self.router_columns)
+        for key, value in (extra_header or {}).items():
+            if key in COMPUTED_HEADER_KEYS and value != self.header[key]:
+                raise ValueError(
+                    f"extra_header[{key!r}] = {value!r} differs from the value the logger computes "
+                    f"({self.header[key]!r}); run.json's {key} is defined by docs/log-format.md §2"
+                )
+            self.header[key] = value
         self._warned: set[str] = set()
+        self._last_extra: dict[str, Any] = {}
         self.scalars = open_table(self.run_dir, "scalars", self.scalar_columns)
         self.router: CsvAppender | None = None  # opened with the first router rows
         self.last_step: int | None = None
@@ -452,8 +415,6 @@ class RunLogger(NullRunLogger):
         self.best_val: tuple[float, int] | None = None
         self.final_val_loss: float | None = None
         self._status_step: int | None = None
-        self._closed = False
-        settings = WandbSettings(**wandb) if isinstance(wandb, Mapping) else wandb
         if settings is not None:
             self.wandb_run = self._start_wandb(settings)
         write_json_atomic(self.run_dir / RUN_FILE, self.header)
@@ -564,6 +525,22 @@ class RunLogger(NullRunLogger):
 
     # ------------------------------------------------------------------ logging
 
+    def check_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Raise ValueError for keys that are not scalars.csv columns (the header is fixed) or a missing
+        ``time_ms``."""
+        unknown = set(scalars) - self._scalar_set
+        if unknown:
+            raise ValueError(
+                f"unknown scalar(s) {sorted(unknown)}: scalars.csv has a fixed header; known columns are "
+                f"{self.scalar_columns} (add an lr group at construction, or log the value elsewhere)"
+            )
+        if "step" in scalars and scalars["step"] != step:
+            raise ValueError(f"scalars['step'] = {scalars['step']!r} but log_step was called for step {step}")
+        if scalars.get("time_ms") is None:
+            raise ValueError(
+                "scalars must include time_ms (cumulative training time; required by the format)"
+            )
+
     def log_step(
         self,
         step: int,
@@ -575,34 +552,32 @@ class RunLogger(NullRunLogger):
     ) -> None:
         """Append step ``step``: one scalars.csv row and, with a report, one router.csv row per layer.
 
-        ``scalars`` holds scalars.csv columns (``time_ms`` is required); ``wall_time`` defaults to now.
-        Log each step once, with its validation values in the same call (docs/log-format.md §1). Rewrites
-        status.json after a validation and at least every ``status_every`` steps.
+        ``scalars`` holds scalars.csv columns (``time_ms`` is required, ``step`` may be repeated);
+        ``wall_time`` defaults to now. Log each step once, with its validation values in the same call
+        (docs/log-format.md §1). ``tokens_per_layer`` fills router.csv's ``tokens``; ``layer_values`` adds
+        per-layer values the report lacks (e.g. ``{"ema_alpha_forward": [a0, a1, ...]}``). Rewrites
+        status.json after a validation and at least every ``status_every`` steps. Does nothing but the checks
+        when the logger is not enabled.
         """
-        self.check_scalars(scalars)
+        self.check_scalars(step, scalars)
         if self._closed:
             raise RuntimeError("log_step after close()")
-        if scalars.get("time_ms") is None:
-            raise ValueError(
-                "scalars must include time_ms (cumulative training time; required by the format)"
-            )
-        row: dict[str, Any] = {"step": step, "wall_time": time.time(), **scalars}
-        layer_rows: list[dict[str, Any]] = []
-        summary: Mapping[str, float] = {}
         if report is not None and report.per_layer:
             got = len(report.vectors["importance"][0])
             if got != self.num_experts:
                 raise ValueError(f"the report has {got} experts, the logger was built for {self.num_experts}")
+        if not self.enabled:
+            return
+        row: dict[str, Any] = {"wall_time": time.time(), **scalars, "step": step}
+        layer_rows: list[dict[str, Any]] = []
+        summary: Mapping[str, float] = {}
+        if report is not None and report.per_layer:
             summary = report.summary
             for column, key in SUMMARY_FILL.items():
                 if row.get(column) is None and key in summary:
                     row[column] = summary[key]
-            layer_rows = [
-                self._router_row(r)
-                for r in router_rows(
-                    step, report, tokens_per_layer=tokens_per_layer, layer_values=layer_values
-                )
-            ]
+            rows = router_rows(step, report, tokens_per_layer=tokens_per_layer, layer_values=layer_values)
+            layer_rows = [self._router_row(r) for r in rows]
         typed = _typed(row, SCALARS_COLUMNS)
         if layer_rows:
             if self.router is None:
@@ -644,8 +619,12 @@ class RunLogger(NullRunLogger):
         return _typed({k: v for k, v in row.items() if k in self._router_set}, ROUTER_COLUMNS)
 
     def write_status(self, state: str, step: int, time_ms: float, **extra: Any) -> None:
-        """Rewrite status.json atomically; best/final validation so far are filled in unless given."""
-        _check_status(state, extra)
+        """Rewrite status.json atomically. ``extra``: the format's ``final_val_loss``, ``best_val_loss``,
+        ``best_val_step``, ``abort_reason``, ``error`` (the best and final validation logged so far are filled
+        in unless given) and any further JSON values (e.g. the final logit-cap statistics)."""
+        _check_state(state)
+        if not self.enabled:
+            return
         status: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -664,21 +643,35 @@ class RunLogger(NullRunLogger):
         status.update(extra)
         write_json_atomic(self.run_dir / STATUS_FILE, status)
         self._status_step = step
+        self._last_extra = dict(extra)
 
     def close(self, state: str = "finished", **extra: Any) -> None:
-        """Write the final status, close the CSV files and finish W&B (exit code 0 only for "finished")."""
-        _check_status(state, extra)
-        if self._closed:
+        """Write the final status (keeping the extras of the last :meth:`write_status`, e.g. ``error``, unless
+        given again), close the CSV files, put the numeric extras into the W&B summary and finish W&B (exit
+        code 0 only for "finished"). A second call does nothing."""
+        _check_state(state)
+        if self._closed or not self.enabled:
+            self._closed = True
             return
         self._closed = True
+        merged = {**self._last_extra, **extra}
         step = self.last_step if self.last_step is not None else -1
-        self.write_status(state, step, self.last_time_ms, **extra)
+        self.write_status(state, step, self.last_time_ms, **merged)
         for table in (self.scalars, self.router):
             if table is not None:
                 table.close()
         if self.wandb_run is not None:
             run, self.wandb_run = self.wandb_run, None
             try:
+                for key, value in merged.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        run.summary[key] = value
                 run.finish(exit_code=0 if state == "finished" else 1)
             except Exception as err:
                 print(f"sb-train: W&B finish failed ({type(err).__name__}: {err})", file=sys.stderr)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close("finished" if exc_type is None else "failed", **({"error": repr(exc)} if exc else {}))
