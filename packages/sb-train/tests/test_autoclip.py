@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sb_train import autoclip
-from sb_train.autoclip import RouterGradClip
+from sb_train.autoclip import RouterClip
 
 
 def make_params(seed: int = 0, dtype: torch.dtype = torch.float32) -> list[torch.nn.Parameter]:
@@ -33,7 +33,7 @@ def plain_norm(params) -> float:
 
 def test_threshold_is_numpy_linear_percentile_of_the_history():
     window, q = 20, 0.10
-    clip = RouterGradClip(window=window, quantile=q)
+    clip = RouterClip(window=window, quantile=q)
     params = make_params()
     norms: list[float] = []
     for step in range(45):
@@ -51,7 +51,7 @@ def test_threshold_is_numpy_linear_percentile_of_the_history():
 
 def test_clip_applies_from_the_next_step():
     window = 10
-    clip = RouterGradClip(window=window)
+    clip = RouterClip(window=window)
     params = make_params()
     for step in range(window):
         set_grads(params, step)
@@ -69,7 +69,7 @@ def test_clip_applies_from_the_next_step():
 
 @pytest.mark.parametrize("auto", [False, True])
 def test_scaling_equals_clip_grad_norm(auto):
-    clip = RouterGradClip(window=5, base_clip=0.75, auto=auto)
+    clip = RouterClip(window=5, base_clip=0.75, auto=auto)
     ours, ref = make_params(), make_params()
     for step in range(12):
         set_grads(ours, step)
@@ -84,7 +84,7 @@ def test_scaling_equals_clip_grad_norm(auto):
 
 
 def test_bf16_grads_match_clip_grad_norm_closely():
-    clip = RouterGradClip(base_clip=0.5, auto=False)
+    clip = RouterClip(base_clip=0.5, auto=False)
     ours, ref = make_params(dtype=torch.bfloat16), make_params(dtype=torch.float32)
     set_grads(ours, 3)
     for a, b in zip(ours, ref, strict=True):
@@ -101,7 +101,7 @@ def test_bf16_grads_match_clip_grad_norm_closely():
 def test_none_grad_steps_never_enter_the_history():
     """The record's collapse: 75 router-less steps used to put 75 zeros in a 250-window, so the 10th
     percentile was 0 and the clip 1e-6 (spec 5.6). Here those steps are skipped."""
-    clip = RouterGradClip()  # record settings: window 250, q = 0.10
+    clip = RouterClip()  # record settings: window 250, q = 0.10
     params = make_params()
     for _ in range(75):
         for p in params:
@@ -123,7 +123,7 @@ def test_none_grad_steps_never_enter_the_history():
 
 
 def test_not_routed_steps_are_skipped_even_with_zero_grads():
-    clip = RouterGradClip(window=3)
+    clip = RouterClip(window=3)
     params = make_params()
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -133,7 +133,7 @@ def test_not_routed_steps_are_skipped_even_with_zero_grads():
 
 
 def test_partial_none_grads_use_the_present_ones():
-    clip = RouterGradClip(window=3)
+    clip = RouterClip(window=3)
     params = make_params()
     set_grads(params, 0)
     params[1].grad = None
@@ -142,7 +142,7 @@ def test_partial_none_grads_use_the_present_ones():
 
 
 def test_fixed_clip_mode():
-    clip = RouterGradClip(window=4, base_clip=1.5, auto=False)
+    clip = RouterClip(window=4, base_clip=1.5, auto=False)
     params = make_params()
     for step in range(10):
         set_grads(params, step)
@@ -155,7 +155,7 @@ def test_fixed_clip_mode():
 
 
 def test_measure_only_mode():
-    clip = RouterGradClip(window=2, auto=False)  # no base clip either
+    clip = RouterClip(window=2, auto=False)  # no base clip either
     params = make_params()
     for step in range(5):
         set_grads(params, step, scale=100.0)
@@ -168,7 +168,7 @@ def test_measure_only_mode():
 
 
 def test_non_finite_norm_is_left_out_of_the_quantile():
-    clip = RouterGradClip(window=4, quantile=0.5)
+    clip = RouterClip(window=4, quantile=0.5)
     params = make_params()
     norms = []
     for step in range(4):
@@ -182,7 +182,7 @@ def test_non_finite_norm_is_left_out_of_the_quantile():
 
 
 def test_state_dict_round_trip_continues_identically():
-    a = RouterGradClip(window=8, quantile=0.2)
+    a = RouterClip(window=8, quantile=0.2)
     pa = make_params()
     for step in range(13):
         set_grads(pa, step)
@@ -190,7 +190,7 @@ def test_state_dict_round_trip_continues_identically():
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
-    b = RouterGradClip(window=8, quantile=0.2)
+    b = RouterClip(window=8, quantile=0.2)
     b.load_state_dict(torch.load(buffer, weights_only=True))
     pb = make_params()
     for step in range(13, 30):
@@ -203,7 +203,7 @@ def test_state_dict_round_trip_continues_identically():
             assert torch.equal(x.grad, y.grad)
     assert torch.equal(a.threshold, b.threshold)
     with pytest.raises(ValueError, match="window"):
-        RouterGradClip(window=9).load_state_dict(a.state_dict())
+        RouterClip(window=9).load_state_dict(a.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -213,11 +213,11 @@ def test_state_dict_round_trip_continues_identically():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        RouterGradClip(**kwargs)
+        RouterClip(**kwargs)
 
 
 def test_device_step_has_no_host_sync_in_source():
-    src = inspect.getsource(autoclip._clip_and_record) + inspect.getsource(RouterGradClip.clip_)
+    src = inspect.getsource(autoclip._clip_and_record) + inspect.getsource(RouterClip.clip_)
     src += inspect.getsource(autoclip._total_norm)
     patterns = (r"\.item\(", r"\.tolist\(", r"\.cpu\(", r"(?<![.\w])float\(", r"(?<![.\w])bool\(",
                 r"\.numpy\(", r"\bif [^\n]*\b(norm|threshold|coef|history)\b")
@@ -249,7 +249,7 @@ def test_device_step_traces_as_one_graph():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_sync_on_cuda():
-    clip = RouterGradClip(window=4, device="cuda")
+    clip = RouterClip(window=4, device="cuda")
     params = [torch.nn.Parameter(p.detach().cuda()) for p in make_params()]
     for _ in range(3):  # warm up allocator / kernels
         for p in params:

@@ -1,6 +1,6 @@
 """Router-only gradient clipping with AutoClip (spec 5.6), kept on the device.
 
-Each optimizer step, after the gradients are reduced, :meth:`RouterGradClip.clip_` measures the L2 norm
+Each optimizer step, after the gradients are reduced, :meth:`RouterClip.clip_` measures the L2 norm
 over all router gradients, scales them by ``min(1, clip / (norm + 1e-6))`` (exactly what
 ``torch.nn.utils.clip_grad_norm_`` does at the same threshold), and records the norm. Once ``window`` norms
 are recorded, the threshold for the *next* step becomes ``max(quantile(history, q), floor)`` (linear
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ClipResult", "RouterGradClip"]
+__all__ = ["ClipResult", "RouterClip"]
 
 _EPS = 1e-6  # added to the norm before dividing, as torch.nn.utils.clip_grad_norm_ does
 
@@ -85,12 +85,12 @@ def _clip_and_record(
     return norm, clip_used, clipped, next_threshold
 
 
-class RouterGradClip:
+class RouterClip:
     """Router-only gradient clipping: a fixed clip (``base_clip > 0``), AutoClip (``auto=True``: the
     ``quantile`` of the last ``window`` router grad norms, at least ``floor``), both (the fixed clip holds
     until AutoClip has a full window), or neither (the norm is only measured).
 
-    >>> clip = RouterGradClip(device="cuda")          # record settings: AutoClip, window 250, q = 0.10
+    >>> clip = RouterClip(device="cuda")          # record settings: AutoClip, window 250, q = 0.10
     >>> result = clip.clip_(router_params)           # after the all-reduce, before optimizer.step()
     >>> if result is not None and log_now: print(result.norm.item(), result.clip.item())
     """
@@ -148,7 +148,7 @@ class RouterGradClip:
             return torch.full_like(self._threshold, math.nan)
         return self._threshold.clone()
 
-    def to(self, device: torch.device | str) -> RouterGradClip:
+    def to(self, device: torch.device | str) -> RouterClip:
         self._history = self._history.to(device)
         self._threshold = self._threshold.to(device)
         return self
