@@ -319,3 +319,31 @@ def test_record_defaults():
     assert RECORD.router_freeze_frac == 1.0 and RECORD.untie_lm_head_frac == -1.0
     for f in dataclasses.fields(ScheduleConfig):
         assert isinstance(f.default, bool | int | float | tuple), f.name
+
+
+def test_head_preset_values():
+    """HEAD's preset (spec 1.1): anchor 100, power 2.7417, temperature held from 1750, overlapping Gumbel
+    windows that keep the noise on over [100, 3225)."""
+    head = ScheduleConfig(
+        num_iterations=3500,
+        window_schedule_end_step=1750,
+        expert_activation_schedule=(
+            (0, 1), (100, 2), (187, 3), (312, 4), (450, 5), (587, 6), (787, 7), (925, 8)
+        ),
+        router_temp_anchor_delta_steps=378,
+        router_temp_schedule_end_step=1750,
+        router_logit_cap_delta_steps=316,
+        router_gumbel_schedule=(
+            (100, 1175), (612, 1300), (712, 1925), (1200, 2425), (1337, 2725), (1462, 2950), (1600, 3225)
+        ),
+    )
+    power = math.log(0.49) / math.log(1 - 378 / 1650)
+    assert power == pytest.approx(2.7417, abs=5e-5)
+    v = head.at(478, num_experts=8)  # anchor + Δa: (1 - progress)^power = ρ
+    assert v.temperature == pytest.approx(0.93744 + (1.464 - 0.93744) * 0.49)
+    assert head.at(2500, num_experts=8).temperature == pytest.approx(0.93744)
+    assert head.at(99, num_experts=8).logit_cap == pytest.approx(1.166)
+    assert head.at(416, num_experts=8).logit_cap == pytest.approx(13.757)
+    assert all(head.at(s, num_experts=8).gumbel for s in range(100, 3225, 25))
+    assert not head.at(99, num_experts=8).gumbel and not head.at(3225, num_experts=8).gumbel
+    assert head.at(1750, num_experts=8).window_blocks == 27 == head.at(3499, num_experts=8).window_blocks
