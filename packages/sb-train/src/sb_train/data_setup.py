@@ -1,0 +1,81 @@
+"""Finding (or building) the token shards and opening the training and validation streams."""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+
+from sb_data import DistributedTokenLoader, ValidationLoader
+from sb_train.builtin_corpus import write_python_docs_shards
+from sb_train.config import DataConfig
+from sb_train.distributed import DistEnv, barrier
+
+
+def shard_files(pattern: str) -> list[str]:
+    return sorted(glob.glob(pattern))
+
+
+def ensure_shards(data: DataConfig, env: DistEnv) -> None:
+    """Make sure the train and validation shards exist. With ``auto_prepare = "python-docs"``, rank 0 writes
+    them from the Python installation's documentation when they are missing (and says so); otherwise a
+    missing shard set is an error that says how to get the data."""
+    missing = [p for p in (data.train_files, data.val_files) if not shard_files(p)]
+    if not missing:
+        return
+    if data.auto_prepare != "python-docs":
+        raise FileNotFoundError(
+            f"no shards match {missing[0]!r} (relative to {Path.cwd()}). Get FineWeb with "
+            "`uv run sb-data download fineweb10B` (add --help for options), tokenize your own text with "
+            "`uv run sb-data prepare`, or point data.train_files / data.val_files at your shards "
+            "(--set data.train_files=...)."
+        )
+    train_dir = Path(data.train_files).parent
+    val_dir = Path(data.val_files).parent
+    prefix = Path(data.train_files).name.split("_train_")[0]
+    if train_dir != val_dir or "_train_" not in Path(data.train_files).name or (
+        Path(data.val_files).name.split("_val_")[0] != prefix
+    ):
+        raise ValueError(
+            "data.auto_prepare needs train_files and val_files in one folder named like "
+            f"<dir>/<prefix>_train_*.bin and <dir>/<prefix>_val_*.bin (got {data.train_files!r}, "
+            f"{data.val_files!r})"
+        )
+    if env.is_main:
+        print(f"[sb-train] no shards at {data.train_files!r}: building them from the Python documentation "
+              f"that ships with this interpreter (byte tokens, up to {data.auto_prepare_max_bytes:,} bytes) "
+              f"into {train_dir}/ ...", file=sys.stderr, flush=True)
+        write_python_docs_shards(train_dir, prefix, max_bytes=data.auto_prepare_max_bytes)
+    barrier()
+    still = [p for p in (data.train_files, data.val_files) if not shard_files(p)]
+    if still:
+        raise FileNotFoundError(f"after preparing the data, no shards match {still[0]!r}")
+
+
+def train_loader(
+    data: DataConfig, env: DistEnv, micro_tokens: int, vocab_size: int
+) -> DistributedTokenLoader:
+    return DistributedTokenLoader(
+        data.train_files,
+        micro_tokens,
+        rank=env.rank,
+        world_size=env.world_size,
+        mode=data.loader_mode,
+        device=env.device,
+        vocab_size=vocab_size,
+    )
+
+
+def validation_loader(
+    data: DataConfig, env: DistEnv, steps: int, vocab_size: int
+) -> ValidationLoader:
+    """``steps`` forwards of ``val_seq_len`` tokens per rank, always the first tokens of the val shards."""
+    return ValidationLoader(
+        data.val_files,
+        steps * env.world_size * data.val_seq_len,
+        data.val_seq_len,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        vocab_size=vocab_size,
+    )
