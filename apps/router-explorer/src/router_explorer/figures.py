@@ -57,13 +57,13 @@ def loss_figure(
         for (run_id,), part in _with_x(train, x).group_by(["run_id"], maintain_order=True):
             color = colors[run_id]
             xs = part[col].to_numpy()
-            fig.add_trace(go.Scattergl(
+            fig.add_trace(go.Scatter(
                 x=xs, y=part["loss"].to_numpy(), mode="lines", name=f"{run_id} train",
                 legendgroup=run_id, line={"color": color, "width": 1},
                 opacity=0.3 if smoothed else 0.9, showlegend=not smoothed,
             ))
             if smoothed and "loss_smooth" in part.columns:
-                fig.add_trace(go.Scattergl(
+                fig.add_trace(go.Scatter(
                     x=xs, y=part["loss_smooth"].to_numpy(), mode="lines", name=f"{run_id} train (smoothed)",
                     legendgroup=run_id, line={"color": color, "width": 2},
                 ))
@@ -103,7 +103,7 @@ def expert_heatmap(matrix: np.ndarray, family: str, step: int, focus_layer: int 
         title={"text": f"{FAMILY_TITLES.get(family, family)} at step {step:,}"},
         xaxis={"title": "expert", "dtick": 1 if n_experts <= 32 else None},
         yaxis={"title": "layer", "autorange": "reversed", "dtick": 1 if n_layers <= 32 else None},
-        height=max(300, 22 * n_layers + 110), margin=_MARGIN,
+        height=max(300, 15 * n_layers + 110), margin=_MARGIN,
     )
     return fig
 
@@ -133,7 +133,7 @@ def layer_lines(
         if focused:
             line["color"] = "#d62728"
         traces.append({
-            "type": "scattergl", "x": part["step"].to_numpy(), "y": part[metric].to_numpy(), "mode": "lines",
+            "type": "scatter", "x": part["step"].to_numpy(), "y": part[metric].to_numpy(), "mode": "lines",
             "name": f"layer {layer}", "line": line, "opacity": 0.35 if dimmed else 1.0,
         })
     shapes = []
@@ -169,10 +169,12 @@ def served_vs_demanded(load: np.ndarray, demand: np.ndarray, layer: int | None, 
         ],
         layout={
             "barmode": "group",
-            "title": {"text": f"served vs demanded per expert, {where}, step {step:,} (dotted: 1/E)"},
+            "title": {"text": f"served vs demanded, {where}, step {step:,}"},
             "xaxis": {"title": {"text": "expert"}, "dtick": 1},
             "yaxis": {"title": {"text": "share of assignments"}}, "height": 320, "margin": _MARGIN,
             "legend": {"orientation": "h", "y": 1.12}, "shapes": shapes,
+            "annotations": [{"text": "1/E", "xref": "paper", "yref": "y", "x": 1, "y": 1.0 / n,
+                             "xanchor": "right", "yanchor": "bottom", "showarrow": False}] if n else [],
         },
     )
 
