@@ -198,7 +198,8 @@ def test_resume_appends_and_later_rows_win(tmp_path):
     run_dir = tmp_path / "run"
     first = make_logger(run_dir, total_steps=6)
     for step in range(5):
-        first.log_step(step, step_scalars(step, 10.0 + step), fake_report(step))
+        val = {"val_loss": {1: 8.0, 4: 8.5}[step]} if step in (1, 4) else {}
+        first.log_step(step, step_scalars(step, 10.0 + step, **val), fake_report(step))
     first.scalars.flush()
     created = json.loads((run_dir / "run.json").read_text())["created_at"]
     with open(run_dir / "scalars.csv", "a") as handle:  # the process was killed mid-line
@@ -216,6 +217,7 @@ def test_resume_appends_and_later_rows_win(tmp_path):
     assert second.run_id == "test-run"
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "running" and status["step"] == 2
+    assert status["best_val_loss"] == 8.0 and status["best_val_step"] == 1  # from before step 2
     for step in range(3, 6):
         second.log_step(step, step_scalars(step, 1.0 + step), fake_report(100 + step))
     second.close()

@@ -43,12 +43,14 @@ report summary as it is (``router/...``, ``router_expert/...``), ``router_layer/
 router.csv value, and the remaining scalars under their column names. A W&B failure never stops training:
 it is reported on stderr once and the CSV files (the source of truth) go on.
 
-Resume: pass ``resumed_from={"checkpoint": path, "step": s}`` and the same run directory. The logger keeps
-appending to the last segment of each table when its header equals the columns (readers let later rows win),
-starts ``scalars.1.csv``/``router.1.csv``... when they differ, removes a half-written last line left by a
-killed writer, rewrites run.json atomically (``created_at`` kept, ``resumed_from`` set) and sets
-status.json back to ``running``. A run directory that already holds a run is refused without
-``resumed_from`` (so a second run never mixes its rows into the first one's files).
+Resume: pass ``resumed_from={"checkpoint": path, "step": s}`` (optionally ``"time_ms"``, the training time
+at the checkpoint) and the same run directory. The logger keeps appending to the last segment of each table
+when its header equals the columns (readers let later rows win), starts ``scalars.1.csv``/``router.1.csv``
+... when they differ, removes a half-written last line left by a killed writer, rewrites run.json
+atomically (``created_at`` kept, ``resumed_from`` set) and sets status.json back to ``running`` (keeping
+the best validation if it was measured at or before step ``s``). With W&B on, a resumed run starts a new
+W&B run (W&B refuses steps that go backwards). A run directory that already holds a run is refused
+without ``resumed_from``, so a second run never mixes its rows into the first one's files.
 """
 
 from __future__ import annotations
@@ -421,6 +423,7 @@ class RunLogger:
         if resumed_from is not None:
             self.last_step = int(resumed_from["step"])
             self.last_time_ms = float(resumed_from.get("time_ms", 0.0))
+            self.best_val = self._previous_best(self.last_step)
             self.write_status("running", self.last_step, self.last_time_ms)
 
     def _previous_header(self, resumed_from: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -439,6 +442,17 @@ class RunLogger:
             return dict(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError, ValueError):
             return {}
+
+    def _previous_best(self, step: int) -> tuple[float, int] | None:
+        """The best validation of the earlier segment, if it was measured at or before the resumed step."""
+        try:
+            status = json.loads((self.run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+            loss, at = status.get("best_val_loss"), status.get("best_val_step")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if isinstance(loss, int | float) and isinstance(at, int) and at <= step:
+            return float(loss), at
+        return None
 
     # ------------------------------------------------------------------ W&B
 
