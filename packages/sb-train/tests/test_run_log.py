@@ -143,6 +143,8 @@ def test_run_directory_is_read_back_by_sb_analysis(tmp_path):
         assert steps["val_loss"].to_list() == [5.0, None, None, None, 2.5]
         assert steps["window_blocks"][0] == 3 and steps["router_clipped"][0] == 0
         assert steps["logit_cap"][0] is None
+        assert abs(steps["wall_time"][0] - time.time()) < 60  # full precision, not .9g's 10 s steps
+        assert steps["wall_time"][0] != round(steps["wall_time"][0], -1)
         # the router_* step scalars come from the report summary
         assert steps["router_imp_cv2"][1] == pytest.approx(reports[1].summary["router/imp_cv2"])
         layers = db.sql("SELECT * FROM router_layers ORDER BY step, layer")

@@ -593,13 +593,16 @@ class RunLogger:
             rows = router_rows(step, report, tokens_per_layer=tokens_per_layer, layer_values=layer_values)
             layer_rows = [self._router_row(r) for r in rows]
         typed = _typed(row, SCALARS_COLUMNS)
+        csv_row: dict[str, Any] = dict(typed)
+        if typed.get("wall_time") is not None:  # Unix seconds need more than .9g's 9 digits (10 s steps)
+            csv_row["wall_time"] = repr(float(typed["wall_time"]))  # type: ignore[arg-type]
         if layer_rows:
             if self.router is None:
                 self.router = open_table(self.run_dir, "router", self.router_columns)
             for layer_row in layer_rows:
                 self.router.append(layer_row)
             self.router.flush()
-        self.scalars.append(typed)
+        self.scalars.append(csv_row)
         self.scalars.flush()
         self._wandb_log(self.wandb_payload(typed, layer_rows, summary), step)
 
