@@ -52,8 +52,9 @@ def _cpu_grouped_mm_works(dtype: torch.dtype) -> bool:
     if _GROUPED_MM is None:
         return False
     try:
-        a = torch.randn(8, 16, dtype=dtype, requires_grad=True)
-        b = torch.randn(2, 16, 16, dtype=dtype, requires_grad=True)
+        gen = torch.Generator().manual_seed(0)  # never touch the global RNG (model init must be reproducible)
+        a = torch.randn(8, 16, generator=gen).to(dtype).requires_grad_()
+        b = torch.randn(2, 16, 16, generator=gen).to(dtype).requires_grad_()
         offs = torch.tensor([3, 8], dtype=torch.int32)
         out = _GROUPED_MM(a, b, offs=offs)
         out.backward(torch.ones_like(out))
