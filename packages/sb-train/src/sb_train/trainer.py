@@ -112,7 +112,8 @@ class Trainer:
         broadcast_parameters(self.model)
         self.loader = train_loader(cfg.data, self.env, self.micro, mcfg.vocab_size)
         budgets = {"intermediate": cfg.data.val_tokens_intermediate, "final": cfg.data.val_tokens_final}
-        self.val_steps = {k: validation_steps(v, cfg.data.val_tokens, self.env.world_size, cfg.data.val_seq_len)
+        world = self.env.world_size
+        self.val_steps = {k: validation_steps(v, cfg.data.val_tokens, world, cfg.data.val_seq_len)
                           for k, v in budgets.items() if v > 0}
         self.val_loaders = {k: validation_loader(cfg.data, self.env, n, mcfg.vocab_size)
                             for k, n in self.val_steps.items()}
@@ -122,8 +123,8 @@ class Trainer:
         self.router_params = [p for p in (bank.router_w, bank.router_b)] if bank is not None else []
         o = cfg.optim
         self.router_clip = RouterClip(window=o.autoclip_window, quantile=o.autoclip_quantile,
-                                      base_clip=o.router_grad_clip_norm if o.router_grad_clip_norm > 0 else None,
-                                      auto=o.router_autoclip, device=self.device)
+                                      base_clip=o.router_grad_clip_norm or None, auto=o.router_autoclip,
+                                      device=self.device)
         self.logit_stats = LogitStats(device=self.device)
         self.autocast = (run.autocast == "bf16") or (run.autocast == "auto" and self.device.type == "cuda")
         use_compile = run.compile == "on" or (run.compile == "auto" and self.device.type == "cuda")
@@ -164,7 +165,8 @@ class Trainer:
             extra_header={**code_version(), "config_hash": cfg.hash()},
             enabled=self.env.is_main,
         )
-        self.progress = ProgressPrinter(total=self.N, every=run.print_every, enabled=self.env.is_main)
+        self.progress = ProgressPrinter(self.N, self.tokens_per_step, every=run.print_every,
+                                        num_experts=mcfg.num_experts, enabled=self.env.is_main)
         if self.env.is_main:
             print(self.model.format_parameter_counts(), file=sys.stderr)
 
@@ -426,7 +428,9 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------------ logging
-    def _log_step(self, step: int, v, out: dict[str, torch.Tensor], now_ms: float, with_router: bool) -> float:
+    def _log_step(
+        self, step: int, v, out: dict[str, torch.Tensor], now_ms: float, with_router: bool
+    ) -> float:
         vals = self._check_loss(step, out)
         loss = vals["loss_main"] + vals["loss_aux"]
         ml = vals.get("step_max_logit")

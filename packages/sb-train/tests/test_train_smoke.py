@@ -1,0 +1,131 @@
+"""The smoke preset end to end in one process: it trains, logs the documented format, checkpoints, stops on
+a non-finite loss and on SIGTERM, and a resumed run repeats the uninterrupted one bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+
+import pytest
+import torch
+from train_helpers import launch, only_run_dir, read_losses, smoke_config, smoke_overrides
+
+from sb_train.checkpoint import CheckpointManager
+from sb_train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def reference_run(smoke_data, tmp_path_factory):
+    """The uninterrupted smoke run (12 steps), shared by the tests below."""
+    out = tmp_path_factory.mktemp("reference")
+    result = Trainer(smoke_config(smoke_data, out)).run()
+    return result, only_run_dir(out)
+
+
+def test_smoke_trains_and_logs(reference_run, tmp_path):
+    result, run_dir = reference_run
+    assert result.state == "finished"
+    losses = read_losses(run_dir)
+    assert sorted(losses) == list(range(13))  # steps 0..11 trained, 12 = final validation
+    vals = {s: v for s, (_, v) in losses.items() if v is not None}
+    assert set(vals) == {0, 4, 8, 12}
+    assert vals[12] < vals[0] - 1.0  # it learns (5.6 -> ~3.5 nats on bytes)
+    assert result.final_val_loss == pytest.approx(vals[12])
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["final_val_loss"] == pytest.approx(vals[12])
+    header = json.loads((run_dir / "run.json").read_text())
+    assert header["preset"] == "smoke" and header["tokens_per_step"] == 256 and header["total_steps"] == 12
+    assert "git_sha" in header and header["config"]["schedule"]["num_iterations"] == 12
+    # checkpoints: keep_last=2 (every 4 steps + the final one)
+    steps = [info.step for info in CheckpointManager(run_dir / "checkpoints").list()]
+    assert steps == [7, 11]
+
+    # the documented format: sb-analysis ingests it without a single bad row
+    from sb_analysis import RunDB, ingest
+
+    db = tmp_path / "runs.duckdb"
+    report = ingest([run_dir], db=db)
+    assert not report.failures and not report.row_errors
+    frame = RunDB(db).sql("select step, loss, val_loss from steps order by step")
+    assert frame.height == 13
+    router = RunDB(db).sql("select count(*) as n, min(layer) as lo, max(layer) as hi from router_layers")
+    assert router["n"][0] > 0 and router["lo"][0] == 0 and router["hi"][0] == 3
+
+
+def test_sample_from_checkpoint(reference_run, capsys):
+    from sb_model.cli import main as sb_model_main
+
+    _, run_dir = reference_run
+    assert sb_model_main(["sample", str(run_dir), "--prompt", "def ", "--max-new-tokens", "24", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(row["new_ids"]) == 24 and row["text"].startswith("def ")
+
+
+def test_resume_after_sigterm_is_exact(reference_run, smoke_data, tmp_path):
+    """SIGTERM mid-run: a checkpoint is saved, the run stops cleanly, and --resume auto finishes it with the
+    same losses as the uninterrupted run."""
+    _, ref_dir = reference_run
+    cfg = smoke_config(smoke_data, tmp_path, "run.stop_check_every=1")
+    trainer = Trainer(cfg)
+    calls = {"n": 0}
+    forward = trainer.forward
+
+    def forward_then_signal(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if trainer.model.training:
+            calls["n"] += 1
+            if calls["n"] == 2 * 6:  # during step 5 (2 micro-batches per step)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    trainer.forward = forward_then_signal
+    first = trainer.run()
+    assert first.state == "stopped" and first.step == 5
+    run_dir = only_run_dir(tmp_path)
+    assert CheckpointManager(run_dir / "checkpoints").latest().name == "step_000005"
+    second = Trainer(cfg, resume="auto").run()
+    assert second.state == "finished"
+    assert read_losses(run_dir) == read_losses(ref_dir)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(smoke_data, tmp_path):
+    trainer = Trainer(smoke_config(smoke_data, tmp_path))
+    forward = trainer.forward
+    calls = {"n": 0}
+
+    def forward_goes_nan(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if trainer.model.training:
+            calls["n"] += 1
+            if calls["n"] > 2 * 6:  # from step 6 on
+                return out._replace(loss=out.loss * math.nan, ce_loss=out.ce_loss * math.nan)
+        return out
+
+    trainer.forward = forward_goes_nan
+    result = trainer.run()
+    assert result.state == "aborted"
+    assert "non-finite training loss" in result.abort_reason and "step 6" in result.abort_reason
+    run_dir = only_run_dir(tmp_path)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "aborted" and "non-finite" in status["abort_reason"]
+    ckpts = CheckpointManager(run_dir / "checkpoints").list()
+    assert [c.step for c in ckpts] == [3]  # saved at the top of step 4; nothing after the bad step
+    shared, _ = CheckpointManager(run_dir / "checkpoints").load(ckpts[0].path)
+    assert all(torch.isfinite(v).all() for v in shared["model"].values() if v.is_floating_point())
+
+
+def test_kill_and_resume_is_bit_exact(reference_run, smoke_data, tmp_path):
+    """A process killed (os._exit, no cleanup) at a random step, then resumed with --resume auto in a new
+    process, logs exactly the losses of the uninterrupted run."""
+    _, ref_dir = reference_run
+    kill_at = random.Random().randint(4, 10)
+    args = ["--preset", "smoke", *[a for o in smoke_overrides(smoke_data, tmp_path) for a in ("--set", o)]]
+    crashed = launch(args, tmp_path, env_extra={"SB_TRAIN_FAULT_AT_STEP": str(kill_at)})[0]
+    assert crashed.returncode == 17, crashed.stdout
+    resumed = launch([*args, "--resume", "auto"], tmp_path)[0]
+    assert resumed.returncode == 0, resumed.stdout
+    assert "resumed from" in resumed.stdout
+    assert read_losses(only_run_dir(tmp_path)) == read_losses(ref_dir), f"killed at step {kill_at}"
