@@ -3,7 +3,8 @@
 // saves a screenshot and prints what it found as one JSON line.
 //
 //   node check_page.mjs URL SCREENSHOT.png [TIMEOUT_MS]
-//   CHROMIUM=/path/to/chromium overrides /usr/bin/chromium; RX_VIEWPORT=1400x1000 sets the window size.
+//   CHROMIUM=/path/to/chromium overrides /usr/bin/chromium; RX_VIEWPORT=1400x1000 sets the window size;
+//   RX_EXPECT=heatmap,lines says what the page must draw (default both).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +16,7 @@ if (!url || !screenshot) {
   process.exit(2);
 }
 const timeout = Number(timeoutArg || 60000);
+const expect = (process.env.RX_EXPECT || "heatmap,lines").split(",");
 function viewport(text) {
   const [width, height] = text.split("x").map(Number);
   return { width, height };
@@ -34,12 +36,15 @@ try {
   const page = context.pages()[0] || (await context.newPage());
   page.on("pageerror", (err) => errors.push(String(err)));
   await page.goto(url, { waitUntil: "domcontentloaded", timeout });
-  // Drawn: a heatmap image inside a plotly plot, and SVG line paths of the curves.
+  // Drawn: a heatmap image inside a plotly plot and/or SVG line paths of the curves.
   await page.waitForFunction(
-    () =>
-      document.querySelectorAll(".js-plotly-plot .heatmaplayer image").length > 0 &&
-      document.querySelectorAll(".js-plotly-plot .scatterlayer path.js-line").length > 0,
-    null,
+    (want) =>
+      (!want.includes("heatmap") ||
+        document.querySelectorAll(".js-plotly-plot .heatmaplayer image").length > 0) &&
+      (!want.includes("lines") ||
+        document.querySelectorAll(".js-plotly-plot .scatterlayer path.js-line").length > 0) &&
+      document.querySelector("h1") !== null,
+    expect,
     { timeout },
   );
   // Let the remaining charts of the page settle, then read what was drawn.
@@ -53,6 +58,7 @@ try {
       linePaths: document.querySelectorAll(".js-plotly-plot .scatterlayer path.js-line").length,
       exceptions: [...document.querySelectorAll('[data-testid="stException"]')].map((e) => e.innerText),
       title: document.querySelector("h1")?.innerText || null,
+      scriptSeconds: Number((document.body.innerText.match(/page script ran in ([0-9.]+) s/) || [])[1]) || null,
     };
   });
   await page.screenshot({ path: screenshot, fullPage: false });
