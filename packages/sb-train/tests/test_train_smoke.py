@@ -59,7 +59,8 @@ def test_sample_from_checkpoint(reference_run, capsys):
     from sb_model.cli import main as sb_model_main
 
     _, run_dir = reference_run
-    assert sb_model_main(["sample", str(run_dir), "--prompt", "def ", "--max-new-tokens", "24", "--json"]) == 0
+    args = ["sample", str(run_dir), "--prompt", "def ", "--max-new-tokens", "24", "--json"]
+    assert sb_model_main(args) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(row["new_ids"]) == 24 and row["text"].startswith("def ")
 
@@ -129,3 +130,11 @@ def test_kill_and_resume_is_bit_exact(reference_run, smoke_data, tmp_path):
     assert resumed.returncode == 0, resumed.stdout
     assert "resumed from" in resumed.stdout
     assert read_losses(only_run_dir(tmp_path)) == read_losses(ref_dir), f"killed at step {kill_at}"
+
+
+def test_untimed_warmup_restores_every_state(reference_run, smoke_data, tmp_path):
+    """Warm-up steps (compilation before the clock) leave no trace: the losses equal the run without them."""
+    _, ref_dir = reference_run
+    result = Trainer(smoke_config(smoke_data, tmp_path, "run.warmup_steps=2")).run()
+    assert result.state == "finished"
+    assert read_losses(only_run_dir(tmp_path)) == read_losses(ref_dir)

@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def launch(args: list[str], cwd: Path, world_size: int = 1, env_extra: dict[str, str] | None = None,
            timeout: float = 400) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m sb_train ARGS`` as ``world_size`` processes (torchrun's environment variables, gloo)."""
+    """Run ``python -m sb_train ARGS`` as ``world_size`` processes (torchrun's environment, gloo)."""
     port = str(free_port())
     procs = []
     for rank in range(world_size):

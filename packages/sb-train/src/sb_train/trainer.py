@@ -19,6 +19,7 @@ one bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -224,6 +225,17 @@ class Trainer:
         if shared["config"]["model"] != self.cfg.to_dict()["model"]:
             raise ValueError(f"{path} was written by a run with another model configuration; resume with the "
                              "same preset and model settings, or start a new run (--out elsewhere)")
+        self._restore(shared, per_rank)
+        self.best_val = shared["best_val"]
+        self.val_history = list(shared["val_history"])
+        self.time_ms = float(shared["time_ms"])
+        self.start_step = int(shared["step"]) + 1
+        if self.env.is_main:
+            print(f"[sb-train] resumed from {path} (step {shared['step']}, {self.time_ms / 1000:.1f} s of "
+                  "training so far)", file=sys.stderr)
+
+    def _restore(self, shared: dict[str, Any], per_rank: dict[str, Any]) -> None:
+        """Put back everything the next step depends on (the inverse of :meth:`_state`)."""
         self.model.load_state_dict(shared["model"])
         self.opt.load_state_dict(shared["optimizer"])
         self.loader.load_state_dict(shared["loader"])
@@ -233,14 +245,36 @@ class Trainer:
         if bank is not None:
             for name, buf in bank.metrics.named_buffers():
                 buf.copy_(shared["router_metrics"][name])
-        self.best_val = shared["best_val"]
-        self.val_history = list(shared["val_history"])
-        self.time_ms = float(shared["time_ms"])
-        self.start_step = int(shared["step"]) + 1
         restore_rng_state(per_rank["rng"])
+        self._active_experts = None
+
+    def compile_warmup(self) -> None:
+        """``run.warmup_steps`` untimed training steps (half in the single-expert phase, half with every
+        expert live) and one evaluation forward, so that compilation happens before the clock starts;
+        then every state (model, optimizer, data position, RNG, clip, statistics) is put back (spec 5.2)."""
+        k = self.cfg.run.warmup_steps
+        if k <= 0:
+            return
+        self.step_done = self.start_step - 1
+        saved = copy.deepcopy(self._state())
+        sched = self.cfg.schedule
+        all_live = max((s for s, _ in sched.expert_activation_schedule), default=0)
+        t = time.perf_counter()
+        for i in range(k):
+            step = self.start_step if i < k // 2 else max(all_live, self.start_step)
+            self.train_step(step, self._apply_schedule(step))
+        loader = next(iter(self.val_loaders.values()), None)
+        if loader is not None:
+            self.model.eval()
+            inputs, targets = next(iter(loader))
+            with torch.no_grad(), self._autocast():
+                self.forward(inputs[None], targets[None])
+            self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        self._restore(*saved)
         if self.env.is_main:
-            print(f"[sb-train] resumed from {path} (step {shared['step']}, {self.time_ms / 1000:.1f} s of "
-                  "training so far)", file=sys.stderr)
+            took = time.perf_counter() - t
+            print(f"[sb-train] warm-up: {k} untimed steps in {took:.1f} s (states restored)", file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------ schedule
     def _apply_schedule(self, step: int, evaluation: bool = False):
@@ -343,6 +377,7 @@ class Trainer:
         try:
             with StopSignal() as stop:
                 self.model.train()
+                self.compile_warmup()
                 if self.start_step == 0 and cfg.run.validate_at_start:
                     self._apply_schedule(0)
                     self.validate(0, "intermediate")
