@@ -43,7 +43,8 @@ try {
         document.querySelectorAll(".js-plotly-plot .heatmaplayer image").length > 0) &&
       (!want.includes("lines") ||
         document.querySelectorAll(".js-plotly-plot .scatterlayer path.js-line").length > 0) &&
-      document.querySelector("h1") !== null,
+      document.querySelector("h1") !== null &&
+      document.body.innerText.includes("page script ran in"), // the app's last line: the script finished
     expect,
     { timeout },
   );

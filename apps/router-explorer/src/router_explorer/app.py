@@ -52,19 +52,23 @@ def main(script: str | Path | None = None) -> None:
         st.error(str(err))
         st.markdown(HOW_TO_START)
         st.stop()
-    if settings.ingests:
-        _ingest(settings)
+    summary = data.ingest_once(str(settings.db), tuple(str(r) for r in settings.runs)) if settings.ingests \
+        else None
     try:
         version = data.db_version(settings.db)
     except FileNotFoundError as err:
         st.title("SwitchBank router explorer")
         st.error(str(err))
+        for path, reason in summary.failures if summary is not None else ():
+            st.error(f"ingest of {path} failed: {reason}")
         st.markdown(HOW_TO_START)
         st.stop()
     run_table = data.runs(version)
     run_ids = run_table["run_id"].to_list()
     _init_from_query_params(run_ids)
     page, run_id = _sidebar(settings, version, run_ids)
+    if summary is not None:
+        _ingest_panel(settings, summary)
     st.query_params.update({"page": page.lower(), **({"run": run_id} if run_id else {})})
     if not run_ids:
         st.title("SwitchBank router explorer")
@@ -74,8 +78,7 @@ def main(script: str | Path | None = None) -> None:
     st.sidebar.caption(f"page script ran in {time.perf_counter() - started:.2f} s")
 
 
-def _ingest(settings: Settings) -> None:
-    summary = data.ingest_once(str(settings.db), tuple(str(r) for r in settings.runs))
+def _ingest_panel(settings: Settings, summary: data.IngestSummary) -> None:
     with st.sidebar.expander("Ingest", expanded=bool(summary.failures)):
         st.caption(
             f"{summary.runs} run(s) from {', '.join(str(r) for r in settings.runs)}: "

@@ -55,7 +55,8 @@ def render(ctx: Context) -> None:
     if st.session_state.get(LAYER_KEY) not in [ALL_LAYERS, *range(n_layers)]:
         st.session_state[LAYER_KEY] = ALL_LAYERS
 
-    st.caption(f"{ctx.run_id}: {n_layers} layers × {info['num_experts']} experts, top-{info['top_k']}, "
+    top_k = f", top-{info['top_k']}" if info["top_k"] else ""
+    st.caption(f"{ctx.run_id}: {n_layers} layers × {info['num_experts'] or '?'} experts{top_k}, "
                f"{len(steps):,} logged router steps")
     controls = st.columns([5, 2, 3])
     step = int(controls[0].select_slider("Step", options=steps, key=STEP_KEY))
