@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,13 +15,30 @@ from streamlit.testing.v1 import AppTest
 from router_explorer.sample_data import sample_database
 
 ENTRY = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+# A run directory written by sb-train's smoke preset (`sb-train --preset smoke`, 12 steps, 4 layers x 4
+# experts, every router feature on; checkpoints left out). Regenerated live by the slow test.
+SMOKE_RUN = Path(__file__).resolve().parent / "data" / "smoke-run"
+SMOKE_RUN_ID = json.loads((SMOKE_RUN / "run.json").read_text())["run_id"]
 TIMEOUT_S = 60.0  # AppTest's default is 3 s; a first run imports plotly/duckdb on a busy CI machine
+
+
+def copy_smoke_run(root: Path) -> list[Path]:
+    """The committed sb-train smoke run, as a run directory under `root`."""
+    target = root / "smoke-run"
+    shutil.copytree(SMOKE_RUN, target)
+    return [target]
 
 
 @pytest.fixture(scope="session")
 def sample_db(tmp_path_factory) -> Path:
-    """healthy (domains), collapsing (layer 1 onto expert 3) and dense-baseline (no router.csv)."""
-    return sample_database(tmp_path_factory.mktemp("explorer"))
+    """healthy (domains), collapsing (layer 1 onto expert 3), dense-baseline (no router.csv) and the
+    sb-train smoke run."""
+    return sample_database(tmp_path_factory.mktemp("explorer"), extra=[copy_smoke_run])
+
+
+@pytest.fixture(scope="session")
+def smoke_run_id() -> str:
+    return SMOKE_RUN_ID
 
 
 @pytest.fixture

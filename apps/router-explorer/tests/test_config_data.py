@@ -118,14 +118,15 @@ def test_missing_database_error_says_how_to_create_it(tmp_path):
         data.db_version(tmp_path / "none.duckdb")
 
 
-def test_run_filters(sample_db):
+def test_run_filters(sample_db, smoke_run_id):
     table = key_figures(data.runs(data.db_version(sample_db)))
     assert filter_runs(table, ["synthetic"], [], None, None)["run_id"].to_list() == ["healthy"]
     assert filter_runs(table, [], ["running"], None, None).is_empty()
     low = filter_runs(table, [], [], None, (0.0, 4.0))["run_id"].to_list()
-    assert sorted(low) == ["collapsing", "healthy"]
-    day = table["created_at"][0].date()
-    assert filter_runs(table, [], [], (day, day), None).height == 3
+    assert sorted(low) == sorted(["collapsing", "healthy", smoke_run_id])
+    assert filter_runs(table, ["smoke"], [], None, None)["run_id"].to_list() == [smoke_run_id]
+    days = sorted({d.date() for d in table["created_at"].to_list()})
+    assert filter_runs(table, [], [], (days[0], days[-1]), None).height == 4
 
 
 def test_nearest_step():

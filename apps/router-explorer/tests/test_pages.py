@@ -12,18 +12,18 @@ def _sidebar_text(at) -> str:
     return " ".join(c.value for c in at.sidebar.caption)
 
 
-def test_runs_page_lists_runs_with_key_figures_and_filters(app):
+def test_runs_page_lists_runs_with_key_figures_and_filters(app, smoke_run_id):
     at = app(page="runs")
     assert at.title[0].value == "Runs"
     table = at.dataframe[0].value
-    assert set(table["run_id"]) == {"healthy", "collapsing", "dense-baseline"}
+    assert set(table["run_id"]) == {"healthy", "collapsing", "dense-baseline", smoke_run_id}
     assert {"final_loss", "best_val_loss", "health_score_final", "minutes"} <= set(table.columns)
     collapsing = table[table["run_id"] == "collapsing"].iloc[0]
     assert collapsing["collapsed_layers_final"] == 1
     assert 3.5 < collapsing["final_loss"] < 4.0
     at.multiselect(key="runs_presets").select("ablation").run()
     assert list(at.dataframe[0].value["run_id"]) == ["collapsing"]
-    assert "1 of 3 run(s)" in " ".join(c.value for c in at.caption)
+    assert "1 of 4 run(s)" in " ".join(c.value for c in at.caption)
     assert "page script ran in" in _sidebar_text(at)
 
 
@@ -142,9 +142,9 @@ def test_domains_page_with_and_without_labels(app, charts):
     assert "no domain labels" in at.info[0].value
 
 
-def test_sql_page_runs_queries_and_reports_errors(app):
+def test_sql_page_runs_queries_and_reports_errors(app, smoke_run_id):
     at = app(page="sql")
-    assert set(at.dataframe[0].value["run_id"]) == {"healthy", "collapsing", "dense-baseline"}
+    assert set(at.dataframe[0].value["run_id"]) == {"healthy", "collapsing", "dense-baseline", smoke_run_id}
     at.text_area(key="sql_query").set_value(
         "SELECT layer, count(*) AS n FROM router_layers WHERE run_id = 'collapsing' GROUP BY layer ORDER BY 1"
     )
