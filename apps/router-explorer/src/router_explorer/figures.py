@@ -27,6 +27,7 @@ METRIC_TITLES = {
 }
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
+LEGEND_MAX_LAYERS = 8  # per-layer charts name their lines in a legend up to this many layers
 SEVERITY_COLORS = {"bad": "#d62728", "warn": "#ff7f0e", "info": "#1f77b4", "ok": "#2ca02c"}
 _MARGIN = {"l": 50, "r": 20, "t": 40, "b": 40}
 
@@ -136,6 +137,7 @@ def layer_lines(
             "type": "scatter", "x": part["step"].to_numpy(), "y": part[metric].to_numpy(), "mode": "lines",
             "name": f"layer {layer}", "line": line, "opacity": 0.35 if dimmed else 1.0,
         })
+    legend = len(traces) <= LEGEND_MAX_LAYERS
     shapes = []
     if focus_range is not None:
         shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": focus_range[0],
@@ -145,8 +147,8 @@ def layer_lines(
         shapes.append(_vline(step))
     return go.Figure(data=traces, layout={
         "title": {"text": METRIC_TITLES.get(metric, metric), "font": {"size": 14}},
-        "xaxis": {"title": {"text": "step"}}, "height": height, "margin": _MARGIN, "showlegend": False,
-        "shapes": shapes,
+        "xaxis": {"title": {"text": "step"}}, "height": height + (30 if legend else 0), "margin": _MARGIN,
+        "showlegend": legend, "legend": {"orientation": "h", "y": -0.3}, "shapes": shapes,
     })
 
 
@@ -208,6 +210,7 @@ def schedule_figure(frame: pl.DataFrame, step: int | None = None) -> go.Figure:
                             "x": 0.5, "y": 0.5, "showarrow": False})
     if step is not None:
         shapes.append(_vline(step))
+    layout["xaxis"]["anchor"] = f"y{n}" if n > 1 else "y"  # step ticks under the bottom panel only
     layout["annotations"] = annotations
     layout["shapes"] = shapes
     return go.Figure(data=traces, layout=layout)
