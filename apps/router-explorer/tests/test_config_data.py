@@ -134,3 +134,12 @@ def test_nearest_step():
     assert nearest_step([0, 10, 20], 16) == 20
     assert nearest_step([0, 10, 20], 99) == 20
     assert nearest_step([5], -3) == 5
+
+
+def test_sql_fetches_at_most_the_limit(sample_db):
+    version = data.db_version(sample_db)
+    result = data.run_sql(version, "SELECT * FROM range(50000)", limit=100)
+    assert result.frame.height == 100 and result.truncated
+    small = data.run_sql(version, "SELECT 1 AS x", limit=100)
+    assert small.frame.height == 1 and not small.truncated
+    assert data.run_sql(version, "SET threads = 1", limit=100).frame.is_empty()

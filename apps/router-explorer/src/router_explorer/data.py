@@ -269,17 +269,20 @@ def domain_specialization(version: DbVersion, run_id: str) -> pl.DataFrame:
 @dataclass(frozen=True)
 class SqlResult:
     frame: pl.DataFrame
-    total_rows: int
+    truncated: bool  # the query has more rows than were fetched
     seconds: float
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_sql(version: DbVersion, query: str, limit: int = SQL_ROW_LIMIT) -> SqlResult:
-    """Any read-only query; at most `limit` rows are kept for display."""
+    """Any read-only query; at most `limit` rows are fetched (a huge result is never materialised)."""
     t0 = time.perf_counter()
     with _db(version) as db:
-        frame = db.sql(query)
-    return SqlResult(frame.head(limit), frame.height, time.perf_counter() - t0)
+        relation = db.connection.sql(query)
+        if relation is None:  # a statement without a result (SET, PRAGMA ...)
+            return SqlResult(pl.DataFrame(), False, time.perf_counter() - t0)
+        frame = relation.limit(limit + 1).pl()
+    return SqlResult(frame.head(limit), frame.height > limit, time.perf_counter() - t0)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -28,9 +28,9 @@ def render(ctx: Context) -> None:
         except (duckdb.Error, ValueError) as err:
             st.error(f"The query failed: {err}")
         else:
-            shown = result.frame.height
-            more = f" (first {shown:,} shown)" if result.total_rows > shown else ""
-            st.caption(f"{result.total_rows:,} row(s){more} in {result.seconds * 1000:.0f} ms")
+            rows = f"first {result.frame.height:,} rows shown (there are more)" if result.truncated \
+                else f"{result.frame.height:,} row(s)"
+            st.caption(f"{rows} in {result.seconds * 1000:.0f} ms")
             st.dataframe(result.frame, hide_index=True, width="stretch", key="sql_result")
     with st.expander("Tables and views"):
         st.dataframe(data.tables(ctx.version), hide_index=True, width="stretch")
