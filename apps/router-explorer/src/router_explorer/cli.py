@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,4 +37,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--headless", action="store_true", help="do not open a browser")
     args = parser.parse_args(argv)
-    raise SystemExit(subprocess.call(streamlit_command(args)))
+    cmd = streamlit_command(args)
+    os.execv(cmd[0], cmd)  # become the Streamlit server: signals reach it directly, no orphan child
