@@ -92,7 +92,7 @@ def test_resume_after_sigterm_is_exact(reference_run, smoke_data, tmp_path):
     assert read_losses(run_dir) == read_losses(ref_dir)
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(smoke_data, tmp_path):
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(reference_run, smoke_data, tmp_path):
     trainer = Trainer(smoke_config(smoke_data, tmp_path))
     forward = trainer.forward
     calls = {"n": 0}
@@ -116,6 +116,30 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(smoke_data, tmp
     assert [c.step for c in ckpts] == [3]  # saved at the top of step 4; nothing after the bad step
     shared, _ = CheckpointManager(run_dir / "checkpoints").load(ckpts[0].path)
     assert all(torch.isfinite(v).all() for v in shared["model"].values() if v.is_floating_point())
+    # the good checkpoint, named explicitly, finishes the run as if nothing had happened
+    resumed = Trainer(smoke_config(smoke_data, tmp_path), resume=str(ckpts[0].path)).run()
+    assert resumed.state == "finished"
+    assert read_losses(run_dir) == read_losses(reference_run[1])
+
+
+def test_wandb_offline_run_next_to_the_csv(smoke_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = smoke_config(smoke_data, tmp_path, "run.wandb=true", "schedule.num_iterations=3",
+                       "run.val_loss_every=0", "run.checkpoint_every=0")
+    assert Trainer(cfg).run().state == "finished"
+    run_dir = only_run_dir(tmp_path)
+    header = json.loads((run_dir / "run.json").read_text())
+    assert header["wandb"]["mode"] == "offline"
+    assert (run_dir / header["wandb"]["dir"]).is_dir()
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from sb_train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--preset", "record"]) == 2
+    err = capsys.readouterr().err
+    assert "no shards match 'data/fineweb10B/fineweb_train_*.bin'" in err and "sb-data download" in err
 
 
 def test_kill_and_resume_is_bit_exact(reference_run, smoke_data, tmp_path):
