@@ -143,3 +143,31 @@ def test_sql_fetches_at_most_the_limit(sample_db):
     small = data.run_sql(version, "SELECT 1 AS x", limit=100)
     assert small.frame.height == 1 and not small.truncated
     assert data.run_sql(version, "SET threads = 1", limit=100).frame.is_empty()
+
+
+def test_refreshed_version_ingests_followed_runs(tmp_path):
+    runs = tmp_path / "runs"
+    synthetic_runs(runs, steps=10)
+    db = tmp_path / "db.duckdb"
+    ingest([runs], db)
+    seen = data.db_version(db)
+    assert data.refreshed_version(db, (), seen) is None  # nothing followed, nothing changed
+    synthetic_runs(tmp_path / "more", steps=10)
+    header = json.loads((tmp_path / "more" / "healthy" / "run.json").read_text())
+    header["run_id"] = "late-run"
+    (tmp_path / "more" / "healthy" / "run.json").write_text(json.dumps(header))
+    (tmp_path / "more" / "healthy").rename(runs / "late-run")
+    new = data.refreshed_version(db, (runs,), seen)
+    assert new is not None and new != seen
+    assert "late-run" in data.runs(new)["run_id"].to_list()
+
+
+def test_ingest_with_nothing_new_keeps_the_version(tmp_path):
+    """sb-analysis rewrites the file even when nothing is new; the content fingerprint does not change."""
+    runs = tmp_path / "runs"
+    synthetic_runs(runs, steps=10)
+    db = tmp_path / "db.duckdb"
+    ingest([runs], db)
+    seen = data.db_version(db)
+    assert data.refreshed_version(db, (runs,), seen) is None
+    assert data.db_version(db) == seen

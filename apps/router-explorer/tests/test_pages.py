@@ -191,3 +191,11 @@ def test_run_directories_are_ingested_at_start(tmp_path, monkeypatch, charts):
     assert db.is_file()
     assert "2 run(s)" in " ".join(c.value for c in at.sidebar.caption)
     assert np.array(charts(at)["routing_heatmap"]["data"][0]["z"]).shape == (4, 8)
+
+
+def test_follow_mode_polls_the_database(app):
+    at = app(page="runs")
+    at.sidebar.toggle(key="follow").set_value(True).run()
+    assert not at.exception
+    assert any("following: checked" in c.value for c in at.sidebar.caption)
+    assert at.sidebar.select_slider(key="follow_every").value == 10

@@ -69,6 +69,7 @@ def main(script: str | Path | None = None) -> None:
     page, run_id = _sidebar(settings, version, run_ids)
     if summary is not None:
         _ingest_panel(settings, summary)
+    _follow_panel(settings, version)
     st.query_params.update({"page": page.lower(), **({"run": run_id} if run_id else {})})
     if not run_ids:
         st.title("SwitchBank router explorer")
@@ -91,6 +92,35 @@ def _ingest_panel(settings: Settings, summary: data.IngestSummary) -> None:
         if st.button("Re-ingest run directories", help="Load what the runs appended since (incremental)"):
             data.ingest_once.clear()
             st.rerun()
+
+
+FOLLOW_EVERY_S = (5, 10, 30, 60, 300)
+
+
+def _follow_panel(settings: Settings, version: data.DbVersion) -> None:
+    """'Follow running runs': re-ingest the run directories (if any) and redraw when the database changed."""
+    with st.sidebar:
+        if not st.toggle("Follow running runs", key="follow", help="Every few seconds: ingest what the run "
+                         "directories appended (with --runs) and redraw the page when the database changed"):
+            return
+        every = st.select_slider("Check every", FOLLOW_EVERY_S, value=10, key="follow_every",
+                                 format_func=lambda s: f"{s} s")
+        _poll(settings, version, every)
+
+
+def _poll(settings: Settings, version: data.DbVersion, every: int) -> None:
+    @st.fragment(run_every=every)
+    def check() -> None:
+        try:
+            changed = data.refreshed_version(settings.db, settings.runs, version)
+        except Exception as err:  # an ingest failure must not break the page being read
+            st.caption(f"follow: {err}")
+            return
+        if changed is not None:
+            st.rerun(scope="app")
+        st.caption(f"following: checked {time.strftime('%H:%M:%S')}")
+
+    check()
 
 
 def _init_from_query_params(run_ids: list[str]) -> None:

@@ -1,9 +1,10 @@
 """Every query of the app, through sb-analysis's read-only `RunDB`, cached per database version.
 
-The cache key of each query starts with `DbVersion` (path, mtime, size): an ingest replaces the database
-file atomically, which changes the version, so cached answers of the old file are never served for the
-new one. Curves are downsampled in the query (bucket means per layer for router metrics; bucket last
-value plus min/max for losses, through `RunDB.steps(max_points=...)`), so pages stay fast on big runs.
+The cache key of each query starts with `DbVersion` (path and a fingerprint of the content): an ingest
+that loaded something changes the fingerprint, so cached answers of the old content are never served for
+the new one, while an ingest that found nothing new (it still rewrites the file) keeps every cache.
+Curves are downsampled in the query (bucket means per layer for router metrics; bucket last value plus
+min/max for losses), so pages stay fast on big runs.
 """
 
 from __future__ import annotations
@@ -27,14 +28,23 @@ SQL_ROW_LIMIT = 10_000
 
 @dataclass(frozen=True)
 class DbVersion:
-    """A database file as of one write: hashable, used as the first key of every cached query."""
+    """A database's content as of one ingest: hashable, the first key of every cached query."""
 
     path: str
-    mtime_ns: int
-    size: int
+    fingerprint: str
+
+
+FINGERPRINT_SQL = """
+SELECT (SELECT count(*) FROM steps), (SELECT count(*) FROM router_layers), (SELECT count(*) FROM domain_load),
+    (SELECT coalesce(sum(bytes_done), 0) FROM ingest_files),
+    (SELECT md5(coalesce(string_agg(concat_ws('|', run_id, state, total_steps, status::VARCHAR), ','
+                                    ORDER BY run_id), '')) FROM runs)
+"""
 
 
 def db_version(path: str | Path) -> DbVersion:
+    """The version of the database at `path` (its content fingerprint is recomputed only when the file
+    changed on disk)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
@@ -42,7 +52,16 @@ def db_version(path: str | Path) -> DbVersion:
             f"directories, or create it with `sb-analysis ingest RUN_DIR --db {p}`"
         )
     stat = p.stat()
-    return DbVersion(str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+    resolved = str(p.resolve())
+    return DbVersion(resolved, _fingerprint(resolved, stat.st_mtime_ns, stat.st_size))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _fingerprint(path: str, mtime_ns: int, size: int) -> str:
+    """Row counts, loaded bytes and the runs' states: what an ingest that loaded something changes."""
+    with RunDB(path) as db:
+        row = db.connection.execute(FINGERPRINT_SQL).fetchone()
+    return ":".join(str(v) for v in row or ())
 
 
 def _db(version: DbVersion) -> RunDB:
@@ -71,6 +90,15 @@ def ingest_runs(db: Path, runs: tuple[Path, ...]) -> IngestSummary:
         len(report.row_errors),
         time.perf_counter() - t0,
     )
+
+
+def refreshed_version(db: Path, runs: tuple[Path, ...], seen: DbVersion) -> DbVersion | None:
+    """Ingest what the run directories appended (if any are followed); the new version if the database
+    changed since `seen`, else None."""
+    if runs:
+        ingest_runs(db, runs)
+    now = db_version(db)
+    return None if now == seen else now
 
 
 @st.cache_resource(show_spinner="Ingesting run directories ...")
