@@ -199,3 +199,25 @@ def test_follow_mode_polls_the_database(app):
     assert not at.exception
     assert any("following: checked" in c.value for c in at.sidebar.caption)
     assert at.sidebar.select_slider(key="follow_every").value == 10
+
+
+def test_broken_run_directory_is_reported_and_the_others_shown(tmp_path, monkeypatch):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    from router_explorer.sample_data import synthetic_runs
+
+    synthetic_runs(tmp_path / "runs", steps=10)
+    broken = tmp_path / "runs" / "collapsing" / "run.json"
+    header = json.loads(broken.read_text())
+    header["format_version"] = 99
+    broken.write_text(json.dumps(header))
+    monkeypatch.setenv("SB_EXPLORER_DB", str(tmp_path / "db.duckdb"))
+    monkeypatch.setenv("SB_EXPLORER_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(__file__.replace("tests/test_pages.py", "streamlit_app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["run_id"]) == ["healthy"]
+    errors = " ".join(e.value for e in at.sidebar.error)
+    assert "collapsing" in errors and "99" in errors

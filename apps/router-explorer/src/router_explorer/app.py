@@ -52,8 +52,7 @@ def main(script: str | Path | None = None) -> None:
         st.error(str(err))
         st.markdown(HOW_TO_START)
         st.stop()
-    summary = data.ingest_once(str(settings.db), tuple(str(r) for r in settings.runs)) if settings.ingests \
-        else None
+    summary = _ingest(settings) if settings.ingests else None
     try:
         version = data.db_version(settings.db)
     except FileNotFoundError as err:
@@ -77,6 +76,15 @@ def main(script: str | Path | None = None) -> None:
         return
     PAGES[page](Context(settings, version, run_table, run_id))
     st.sidebar.caption(f"page script ran in {time.perf_counter() - started:.2f} s")
+
+
+def _ingest(settings: Settings) -> data.IngestSummary | None:
+    """The start-up ingest of --runs; an error is shown and the existing database (if any) still read."""
+    try:
+        return data.ingest_once(str(settings.db), tuple(str(r) for r in settings.runs))
+    except Exception as err:
+        st.error(f"ingest of {', '.join(map(str, settings.runs))} into {settings.db} failed: {err}")
+        return None
 
 
 def _ingest_panel(settings: Settings, summary: data.IngestSummary) -> None:
