@@ -112,12 +112,13 @@ class GradReducer:
             self._buckets.append(current)
         self._was_none: list[bool] = [False] * len(self.params)
         self._flags: Tensor | None = None
+        self._flags_work: dist.Work | None = None
 
     def launch(self) -> None:
         if self.world_size <= 1:
             return
         self._pending.clear()
-        flags_parts: list[Tensor] = []
+        has_grad: list[float] = []
         for bucket in self._buckets:
             parts = []
             for i in bucket:
@@ -125,12 +126,12 @@ class GradReducer:
                 self._was_none[i] = p.grad is None
                 g = torch.zeros_like(p, dtype=torch.float32) if p.grad is None else p.grad.float()
                 parts.append(g.reshape(-1))
-                flags_parts.append(torch.full((1,), float(p.grad is not None), device=p.device))
+                has_grad.append(float(p.grad is not None))
             flat = torch.cat(parts)
             work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
             self._pending.append((bucket, flat, work))
-        flags = torch.cat(flags_parts)
-        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        flags = torch.tensor(has_grad, device=self.params[0].device)  # one host-to-device copy
+        self._flags_work = dist.all_reduce(flags, op=dist.ReduceOp.SUM, async_op=True)
         self._flags = flags
 
     @torch.no_grad()
@@ -153,6 +154,9 @@ class GradReducer:
                 else:
                     p.grad.copy_(g.to(p.grad.dtype))
         self._pending.clear()
+        if self._flags_work is not None:
+            self._flags_work.wait()
+            self._flags_work = None
 
     def check(self) -> None:
         """Raise if a parameter had a gradient on some ranks but not on others (one host copy; call it at

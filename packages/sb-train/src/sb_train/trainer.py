@@ -208,8 +208,6 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "router_clip": self.router_clip.state_dict(),
             "logit_stats": self.logit_stats.state_dict(),
-            "router_metrics": ({k: v.clone() for k, v in bank.metrics.named_buffers()}
-                               if bank is not None else {}),
             "best_val": self.best_val,
             "val_history": self.val_history,
             "config": self.cfg.to_dict(),
@@ -217,7 +215,11 @@ class Trainer:
             "routing": self._routing_values,
             "run_id": self.run_id,
         }
-        per_rank = {"rng": capture_rng_state()}
+        per_rank = {  # each rank's own: RNG streams and its not-yet-reduced router statistics
+            "rng": capture_rng_state(),
+            "router_metrics": ({k: v.clone() for k, v in bank.metrics.named_buffers()}
+                               if bank is not None else {}),
+        }
         return shared, per_rank
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -244,7 +246,7 @@ class Trainer:
         bank = self.model.bank
         if bank is not None:
             for name, buf in bank.metrics.named_buffers():
-                buf.copy_(shared["router_metrics"][name])
+                buf.copy_(per_rank["router_metrics"][name])
         restore_rng_state(per_rank["rng"])
         self._active_experts = None
 
