@@ -162,3 +162,24 @@ def test_untimed_warmup_restores_every_state(reference_run, smoke_data, tmp_path
     result = Trainer(smoke_config(smoke_data, tmp_path, "run.warmup_steps=2")).run()
     assert result.state == "finished"
     assert read_losses(only_run_dir(tmp_path)) == read_losses(ref_dir)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path):
+    """run.compile=on on CPU (minutes of compilation): same losses as eager to float tolerance, and the
+    schedule changes (experts going live, temperature, cap, Gumbel) do not recompile after the warm-up."""
+    _, ref_dir = reference_run
+    cfg = smoke_config(smoke_data, tmp_path, 'run.compile="on"', "run.warmup_steps=2")
+    import torch._dynamo.utils as dynamo_utils
+
+    result = Trainer(cfg).run()
+    assert result.state == "finished"
+    ref, got = read_losses(ref_dir), read_losses(only_run_dir(tmp_path))
+    assert sorted(got) == sorted(ref)
+    for step, (loss, val) in ref.items():
+        for a, b in ((loss, got[step][0]), (val, got[step][1])):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert b == pytest.approx(a, rel=2e-3), step
+    frames = dynamo_utils.counters["stats"]["unique_graphs"]
+    assert frames <= 4, f"{frames} graphs compiled (train + eval expected)"
