@@ -183,3 +183,19 @@ def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path):
                 assert b == pytest.approx(a, rel=2e-3), step
     frames = dynamo_utils.counters["stats"]["unique_graphs"]
     assert frames <= 4, f"{frames} graphs compiled (train + eval expected)"
+
+
+def test_early_stop_validates_with_the_intermediate_budget(smoke_data, tmp_path):
+    cfg = smoke_config(smoke_data, tmp_path, "run.early_stop_step=2", "run.val_loss_every=0",
+                       "run.validate_at_start=false", "run.save_final=false")
+    result = Trainer(cfg).run()
+    assert result.state == "finished" and result.step == 1
+    run_dir = only_run_dir(tmp_path)
+    losses = read_losses(run_dir)
+    assert sorted(losses) == [0, 1, 2] and losses[2][1] is not None and losses[0][1] is None
+    import csv
+
+    with open(run_dir / "scalars.csv", encoding="utf-8") as f:
+        rows = {int(r["step"]): r for r in csv.DictReader(f)}
+    assert int(rows[2]["val_tokens"]) == cfg.data.val_tokens_intermediate
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
