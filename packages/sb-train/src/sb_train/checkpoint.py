@@ -51,6 +51,8 @@ from typing import IO, Any
 import torch
 import torch.distributed as dist
 
+from sb_data.atomic import atomic_write, fsync_directory
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
@@ -356,7 +358,7 @@ class CheckpointManager:
         }
         text = json.dumps(meta, indent=2) + "\n"
         _write_atomic(tmp / META_FILE, lambda f: f.write(text.encode()))
-        _fsync_dir(tmp)
+        fsync_directory(tmp)
         aside = None
         if final.exists():
             aside = final.with_name(f".{final.name}.old-{nonce}")
@@ -367,7 +369,7 @@ class CheckpointManager:
             if aside is not None:  # put the earlier checkpoint of this step back
                 os.replace(aside, final)
             raise
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
 
@@ -428,28 +430,11 @@ def _all_gather(value: Any, world_size: int, distributed: bool) -> list[Any]:
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> int:
-    """Write through ``.<name>.partial`` + fsync + os.replace; return the final size in bytes."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as f:
+    """Write through a hidden temporary sibling + fsync + os.replace (sb-data's atomic_write); return the
+    final size in bytes."""
+    with atomic_write(path) as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
     return path.stat().st_size
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (best effort: some filesystems refuse to fsync directories)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _load_file(path: Path, map_location: Any) -> dict:
