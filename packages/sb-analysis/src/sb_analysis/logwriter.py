@@ -61,6 +61,24 @@ def format_value(value: Any) -> str:
     return text
 
 
+def write_status_file(
+    run_dir: Path, run_id: str, state: str, step: int, total_steps: int, time_ms: float, **extra: Any
+) -> None:
+    """Rewrite ``status.json`` atomically (docs/log-format.md §6); ``extra`` adds or overrides keys."""
+    status: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "run_id": run_id,
+        "state": state,
+        "step": step,
+        "total_steps": total_steps,
+        "time_ms": time_ms,
+        "updated_at": utc_now(),
+    }
+    status.update(extra)
+    write_json_atomic(Path(run_dir) / STATUS_FILE, status)
+
+
 class CsvAppender:
     """Appends rows to one CSV table; the header is written once, when the file is new or empty."""
 
@@ -165,18 +183,7 @@ class RunLogWriter:
                 table.flush()
 
     def write_status(self, state: str, step: int, time_ms: float, **extra: Any) -> None:
-        status = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "run_id": self.run_id,
-            "state": state,
-            "step": step,
-            "total_steps": self.total_steps,
-            "time_ms": time_ms,
-            "updated_at": utc_now(),
-        }
-        status.update(extra)
-        write_json_atomic(self.run_dir / STATUS_FILE, status)
+        write_status_file(self.run_dir, self.run_id, state, step, self.total_steps, time_ms, **extra)
 
     def close(self) -> None:
         for table in (self.router, self.domains, self.scalars):

@@ -77,7 +77,7 @@ from sb_analysis.logformat import (
     TABLES,
     segment_files,
 )
-from sb_analysis.logwriter import CsvAppender, config_hash, utc_now, write_json_atomic
+from sb_analysis.logwriter import CsvAppender, config_hash, utc_now, write_json_atomic, write_status_file
 from sb_model.metrics import RoutingReport
 from sb_train.code_version import RUN_ID_PATTERN, make_run_id
 
@@ -643,14 +643,6 @@ class RunLogger:
         if not self.enabled:
             return
         status: dict[str, Any] = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "run_id": self.run_id,
-            "state": state,
-            "step": step,
-            "total_steps": self.total_steps,
-            "time_ms": time_ms,
-            "updated_at": utc_now(),
             "final_val_loss": self.final_val_loss,
             "best_val_loss": self.best_val[0] if self.best_val else None,
             "best_val_step": self.best_val[1] if self.best_val else None,
@@ -658,7 +650,7 @@ class RunLogger:
             "error": None,
         }
         status.update(extra)
-        write_json_atomic(self.run_dir / STATUS_FILE, status)
+        write_status_file(self.run_dir, self.run_id, state, step, self.total_steps, time_ms, **status)
         self._status_step = step
         self._last_extra = dict(extra)
 
