@@ -3,6 +3,7 @@ a non-finite loss and on SIGTERM, and a resumed run repeats the uninterrupted on
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -39,6 +40,12 @@ def test_smoke_trains_and_logs(reference_run, tmp_path):
     header = json.loads((run_dir / "run.json").read_text())
     assert header["preset"] == "smoke" and header["tokens_per_step"] == 256 and header["total_steps"] == 12
     assert "git_sha" in header and header["config"]["schedule"]["num_iterations"] == 12
+    # the LR schedule reaches the Muon groups too (spec 7.2): cooldown over the second half of the run
+    with open(run_dir / "scalars.csv", encoding="utf-8") as f:
+        lr = {int(r["step"]): r for r in csv.DictReader(f)}
+    for group in ("lr_attn", "lr_shared_ffn", "lr_embed"):
+        assert float(lr[11][group]) < 0.2 * float(lr[0][group])
+    assert float(lr[0]["lr_attn"]) == pytest.approx(0.025)
     # checkpoints: keep_last=2 (every 4 steps + the final one)
     steps = [info.step for info in CheckpointManager(run_dir / "checkpoints").list()]
     assert steps == [7, 11]
@@ -193,8 +200,6 @@ def test_early_stop_validates_with_the_intermediate_budget(smoke_data, tmp_path)
     run_dir = only_run_dir(tmp_path)
     losses = read_losses(run_dir)
     assert sorted(losses) == [0, 1, 2] and losses[2][1] is not None and losses[0][1] is None
-    import csv
-
     with open(run_dir / "scalars.csv", encoding="utf-8") as f:
         rows = {int(r["step"]): r for r in csv.DictReader(f)}
     assert int(rows[2]["val_tokens"]) == cfg.data.val_tokens_intermediate
