@@ -1,15 +1,21 @@
-"""Bank layer forward+backward vs a dense ReLU² FFN of equal active parameters vs a naive per-expert loop.
+"""Bank layer forward+backward vs a dense ReLU² FFN of equal active parameters vs a naive per-expert loop,
+eager and under ``torch.compile``.
 
-    uv run python packages/sb-model/benchmarks/bench_bank.py            # CPU defaults
+    uv run python packages/sb-model/benchmarks/bench_bank.py            # CPU defaults, eager + compiled
+    uv run python packages/sb-model/benchmarks/bench_bank.py --modes eager --topk 1   # quick, no compile
     uv run python packages/sb-model/benchmarks/bench_bank.py --tokens 12288 --dim 896 --hidden 1024 \
         --device cuda --dtype bfloat16                                  # the record's shapes on a GPU
 
-Protocol: every round runs the implementations back to back (interleaved, so machine noise hits them
-alike), each timed as the fastest of ``--reps`` forward+backward passes with a materialised random upstream
-gradient; the table reports the median and inter-quartile range of the per-round ratios against the dense FFN
-measured in the same round. "bare bank" is the same bank without the reverse-EMA feature, adapters and
-metrics (router on the normed token and flags only), to show what those features cost. Goal (CPU): the top-1
-bank at most 1.15x the dense FFN.
+Protocol: every round runs all implementations back to back (interleaved, so machine noise hits them alike).
+Each is timed as the fastest of ``--reps`` forward+backward passes with a materialised random upstream
+gradient; before every pass the input's and all parameters' gradients are set to None, as
+``optimizer.zero_grad()`` does in a training step. Wall time and process CPU time (all threads) are taken
+separately; the table reports medians over rounds and, for the ratios, the median and inter-quartile range of
+the per-round ratios against the dense FFN of the same round and mode (compiled bank vs compiled dense, eager
+vs eager). Compiled = ``torch.compile(fullgraph=True)`` with the default (inductor) backend, compiled once
+before timing. "no metrics" is the default bank with ``collect_metrics=False``; "bare" also drops the
+reverse-EMA feature and the adapters (router on the normed token and flags only). Goal (CPU): the top-1 bank
+at most 1.15x the dense FFN.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -58,22 +66,48 @@ def naive_loop(bank: sm.SharedExpertBank, k: int):
     return run
 
 
-def timed(fn, x, grad, reps: int, sync) -> float:
-    times = []
-    for _ in range(reps):
-        x.grad = None
-        t0 = time.perf_counter()
-        out = fn(x)
-        out = out[0] if isinstance(out, tuple) else out
-        out.backward(grad)
-        sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)  # the least-disturbed pass: other processes only ever add time
+@dataclasses.dataclass
+class Case:
+    name: str
+    fn: Callable
+    params: list[torch.Tensor]
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+
+def one_pass(case: Case, x: torch.Tensor, grad: torch.Tensor, sync) -> tuple[float, float]:
+    x.grad = None
+    for p in case.params:
+        p.grad = None  # a training step's zero_grad(): the backward writes fresh gradients
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = case.fn(x)
+    out = out[0] if isinstance(out, tuple) else out
+    out.backward(grad)
+    sync()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def timed(case: Case, x, grad, reps: int, sync) -> None:
+    walls, cpus = zip(*(one_pass(case, x, grad, sync) for _ in range(reps)), strict=True)
+    case.wall.append(min(walls))  # the least-disturbed pass: other processes only ever add time
+    case.cpu.append(min(cpus))
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
     return q[0], statistics.median(values), q[2]
+
+
+def ratio_cell(num: list[float], den: list[float], iqr: bool = True) -> str:
+    lo, mid, hi = quartiles([a / b for a, b in zip(num, den, strict=True)])
+    return f"{mid:.2f} ({lo:.2f}–{hi:.2f})" if iqr else f"{mid:.2f}"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
@@ -83,6 +117,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--topk", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
@@ -90,6 +125,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--impl", default="auto", choices=["auto", "grouped_mm", "blocked_bmm"])
+    p.add_argument("--no-naive", action="store_true", help="skip the (slow) reference-style loop")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -109,63 +145,86 @@ def main() -> None:
     print(
         f"machine: {platform.machine()} {dev_name}, {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}; "
-        f"{args.dtype}; T={T} d={d} h={h} E={E}; {args.rounds} rounds x {args.reps} reps"
+        f"{args.dtype}; T={T} d={d} h={h} E={E}; {args.rounds} rounds x {args.reps} reps; "
+        f"load average at start: {load_average()}"
     )
     print()
     print(
-        "| k | impl | dense ms | bank ms | naive ms | bank/dense (IQR) | naive/dense (IQR) | bank/naive "
-        "| bare bank/dense (IQR) |"
+        "| k | mode | impl | dense ms | bank ms | bank/dense wall (IQR) | bank/dense CPU (IQR) "
+        "| no-metrics/dense | bare/dense | naive/dense |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k in args.topk:
         cfg = sm.BankConfig(
             model_dim=d, num_layers=1, num_experts=E, ffn_hidden=h, topk=k, expert_impl=args.impl
         )
         bank = sm.SharedExpertBank(cfg, dtype=dtype, device=device)
-        bare_cfg = dataclasses.replace(cfg, use_reverse_ema=False, use_adapters=False, collect_metrics=False)
-        bare = sm.SharedExpertBank(bare_cfg, dtype=dtype, device=device)
+        variants = {
+            "bank": bank,
+            "nomet": sm.SharedExpertBank(
+                dataclasses.replace(cfg, collect_metrics=False), dtype=dtype, device=device
+            ),
+            "bare": sm.SharedExpertBank(
+                dataclasses.replace(cfg, use_reverse_ema=False, use_adapters=False, collect_metrics=False),
+                dtype=dtype,
+                device=device,
+            ),
+        }
         with torch.no_grad():
             bank.w2.normal_(0, 0.02)
             bank.router_w.normal_(0, 0.02)
-            bare.w1.copy_(bank.w1)
-            bare.w2.copy_(bank.w2)
-        sched = bank.default_schedule(temperature=1.0)
+            for other in variants.values():  # same experts and the same token/flag router columns
+                other.w1.copy_(bank.w1)
+                other.w2.copy_(bank.w2)
+                for name in ("tok", "flags"):
+                    a, b = cfg.feature_slices[name]
+                    a2, b2 = other.config.feature_slices[name]
+                    other.router_w[:, :, a2:b2].copy_(bank.router_w[:, :, a:b])
         impl, _ = bank._expert_impl(x)
         w1 = torch.nn.Parameter(torch.empty(k * h, d, device=device, dtype=dtype))
         sm.init_linear_(w1)
         w2 = torch.nn.Parameter(torch.randn(d, k * h, device=device, dtype=dtype) * 0.02)
         dense = dense_ffn(w1, w2)
-        naive = naive_loop(bank, k)
 
-        def bank_fn(inp, bank=bank, sched=sched):
-            return bank(inp, 0, bank.context(flags, sched))
+        def bank_call(b: sm.SharedExpertBank):
+            sched = b.default_schedule(temperature=1.0)
+            return lambda inp: b(inp, 0, b.context(flags, sched))
 
-        def naive_fn(inp, bank=bank, sched=sched, naive=naive):
-            return naive(inp, bank.context(flags, sched))
-
-        def bare_fn(inp, bare=bare):
-            return bare(inp, 0, bare.context(flags, bare.default_schedule()))
-
-        fns = {"dense": dense, "bank": bank_fn, "bare": bare_fn, "naive": naive_fn}
-        for _ in range(args.warmup):
-            for fn in fns.values():
-                timed(fn, x, grad, 1, sync)
-        per_round: dict[str, list[float]] = {name: [] for name in fns}
+        cases: dict[str, Case] = {}
+        for mode in args.modes:
+            wrap = (lambda f: torch.compile(f, fullgraph=True)) if mode == "compiled" else (lambda f: f)
+            cases[f"{mode}:dense"] = Case("dense", wrap(dense), [w1, w2])
+            for name, b in variants.items():
+                cases[f"{mode}:{name}"] = Case(name, wrap(bank_call(b)), list(b.parameters()))
+            if mode == "eager" and not args.no_naive:
+                naive = naive_loop(bank, k)
+                sched = bank.default_schedule(temperature=1.0)
+                cases["eager:naive"] = Case(
+                    "naive",
+                    lambda inp, naive=naive, sched=sched, b=bank: naive(inp, b.context(flags, sched)),
+                    list(bank.parameters()),
+                )
+        for _ in range(args.warmup):  # the first compiled call compiles
+            for case in cases.values():
+                one_pass(case, x, grad, sync)
         for _ in range(args.rounds):
-            for name, fn in fns.items():
-                per_round[name].append(timed(fn, x, grad, args.reps, sync))
-            bank.metrics.reset()
-        bd = [b / dn for b, dn in zip(per_round["bank"], per_round["dense"], strict=True)]
-        nd = [n / dn for n, dn in zip(per_round["naive"], per_round["dense"], strict=True)]
-        rd = [b / dn for b, dn in zip(per_round["bare"], per_round["dense"], strict=True)]
-        bn = [b / n for b, n in zip(per_round["bank"], per_round["naive"], strict=True)]
-        ms = {name: statistics.median(v) * 1e3 for name, v in per_round.items()}
-        q_bd, q_nd, q_bn, q_rd = quartiles(bd), quartiles(nd), quartiles(bn), quartiles(rd)
-        print(
-            f"| {k} | {impl} | {ms['dense']:.1f} | {ms['bank']:.1f} | {ms['naive']:.1f} | "
-            f"{q_bd[1]:.2f} ({q_bd[0]:.2f}–{q_bd[2]:.2f}) | {q_nd[1]:.2f} ({q_nd[0]:.2f}–{q_nd[2]:.2f}) | "
-            f"{q_bn[1]:.2f} | {q_rd[1]:.2f} ({q_rd[0]:.2f}–{q_rd[2]:.2f}) |"
-        )
+            for case in cases.values():
+                timed(case, x, grad, args.reps, sync)
+            for b in variants.values():
+                b.metrics.reset()
+        for mode in args.modes:
+            dn, bk = cases[f"{mode}:dense"], cases[f"{mode}:bank"]
+            naive_cell = (
+                ratio_cell(cases["eager:naive"].wall, dn.wall, iqr=False) if f"{mode}:naive" in cases else "–"
+            )
+            print(
+                f"| {k} | {mode} | {impl} | {statistics.median(dn.wall) * 1e3:.1f} | "
+                f"{statistics.median(bk.wall) * 1e3:.1f} | {ratio_cell(bk.wall, dn.wall)} | "
+                f"{ratio_cell(bk.cpu, dn.cpu)} | {ratio_cell(cases[f'{mode}:nomet'].wall, dn.wall, False)} | "
+                f"{ratio_cell(cases[f'{mode}:bare'].wall, dn.wall, False)} | {naive_cell} |"
+            )
+    print()
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":

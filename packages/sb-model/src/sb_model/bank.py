@@ -15,7 +15,15 @@ from torch import Tensor, nn
 
 from sb_model.aux_losses import reference_aux_loss, router_z_loss, switch_load_balancing_loss
 from sb_model.config import BankConfig
-from sb_model.dispatch import build_dispatch, capacity_for, position_major_priority
+from sb_model.dispatch import (
+    build_dispatch,
+    capacity_for,
+    combine_rows,
+    dispatch_rows,
+    index_select_rows,
+    is_bijection,
+    position_major_priority,
+)
 from sb_model.ema import (
     causal_reverse_snapshot,
     document_ema,
@@ -218,7 +226,7 @@ class SharedExpertBank(nn.Module):
             out = out + term(ema_fwd, "ema_fwd")
         if rev_plan is not None:
             assert rev_proj is not None
-            out = out + rev_proj.index_select(0, rev_plan[1]) * rev_plan[2][:, None].to(rev_proj.dtype)
+            out = out + index_select_rows(rev_proj, rev_plan[1]) * rev_plan[2][:, None].to(rev_proj.dtype)
         elif "ema_rev" in cols:
             out = out + term(ema_rev, "ema_rev")
         out = out + term(flags, "flags")
@@ -285,25 +293,17 @@ class SharedExpertBank(nn.Module):
         priority = position_major_priority(B, T, k, x.device)
         disp = build_dispatch(r.topk_idx, r.valid, priority, E, capacity=capacity, align=align)
 
-        xf = x.reshape(N, d)
-        rows = xf.index_select(0, disp.row_token)
+        bijection = is_bijection(k, capacity, align)
+        rows = dispatch_rows(x.reshape(N, d), disp, bijection)
         if self.adapter_scale is not None:
-            slot = cfg.adapter_slot(layer_idx)
-            scale, bias = self.adapter_scale[slot], self.adapter_bias[slot]
-            frozen = sched.adapters_frozen
-            scale = torch.where(frozen, scale.detach(), scale)
-            bias = torch.where(frozen, bias.detach(), bias)
-            # one fused pass over the rows: bias + rows * scale
-            rows = torch.addcmul(
-                bias.index_select(0, disp.row_expert), rows, scale.index_select(0, disp.row_expert)
-            )
+            rows = self._adapt(rows, layer_idx, disp.row_expert, sched)
         rows = rows.to(self.w1.dtype)
         if impl == "grouped":
             out_rows = expert_ffn_grouped(rows, self.w1, self.w2, disp.offs)
         else:
             out_rows = expert_ffn_blocked(rows, self.w1, self.w2, disp.row_expert, align)
         gate = torch.where(disp.served, r.gates, torch.zeros_like(r.gates)).to(out_rows.dtype)
-        picked = out_rows.index_select(0, disp.dest.reshape(-1))
+        picked = combine_rows(out_rows, disp, bijection)
         # top-1: (N, d) * (N, 1), no (N, 1, d) view to select from (a select's backward zero-fills a copy)
         y = picked * gate if k == 1 else (picked.view(N, k, d) * gate[..., None]).sum(dim=1)
         y = y.view(B, T, d).to(x.dtype)
@@ -324,6 +324,16 @@ class SharedExpertBank(nn.Module):
             )
             self.metrics.record(layer_idx, scalars, vectors)
         return y, aux
+
+    def _adapt(self, rows: Tensor, layer_idx: int, row_expert: Tensor, sched: RoutingSchedule) -> Tensor:
+        """bias_e + rows * scale_e for each row's expert e, in one fused pass over the rows."""
+        assert self.adapter_scale is not None and self.adapter_bias is not None
+        slot = self.config.adapter_slot(layer_idx)
+        scale, bias = self.adapter_scale[slot], self.adapter_bias[slot]
+        frozen = sched.adapters_frozen
+        scale = torch.where(frozen, scale.detach(), scale)
+        bias = torch.where(frozen, bias.detach(), bias)
+        return torch.addcmul(index_select_rows(bias, row_expert), rows, index_select_rows(scale, row_expert))
 
     def _aux_loss(
         self, r, demanded_counts: Tensor, layer_idx: int, sched: RoutingSchedule
