@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sysconfig
 import tempfile
 from collections.abc import Iterator
@@ -42,13 +43,18 @@ def python_docs_documents(max_bytes: int) -> Iterator[str]:
 
 
 def write_python_docs_shards(out_dir: str | Path, prefix: str, *, max_bytes: int = 6_000_000,
-                             val_fraction: float = 0.05) -> Path:
-    """Tokenize the corpus into ``{prefix}_train_*.bin`` / ``{prefix}_val_*.bin`` shards in ``out_dir``."""
+                             val_fraction: float = 0.05, seed: int = 0) -> Path:
+    """Tokenize the corpus into ``{prefix}_train_*.bin`` / ``{prefix}_val_*.bin`` shards in ``out_dir``.
+
+    The documents are shuffled (fixed seed) before writing: the loader reads shards in order, and a stream
+    of all the prose first and all the code after would make the training distribution drift."""
     out = Path(out_dir)
+    docs = list(python_docs_documents(max_bytes))
+    random.Random(seed).shuffle(docs)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "python-docs.jsonl"
         with src.open("w", encoding="utf-8") as f:
-            for text in python_docs_documents(max_bytes):
+            for text in docs:
                 f.write(json.dumps({"text": text}) + "\n")
         prepare([src], out, tokenizer="bytes", val_fraction=val_fraction, prefix=prefix, progress=False,
                 workers=1)

@@ -358,7 +358,12 @@ class Trainer:
         self.reducer.launch()
         self.reducer.finish()
         clip = None
-        if self.router_params and any(p.grad is not None for p in self.router_params):
+        if values.active_experts <= 1:
+            # one live expert: the bank routes deterministically and the routers get only zero gradients;
+            # drop them so that Adam does not count the step and AutoClip does not record a zero norm
+            for p in self.router_params:
+                p.grad = None
+        elif self.router_params and any(p.grad is not None for p in self.router_params):
             clip = self.router_clip.clip_(self.router_params)
         self.opt.step()
         result = {"loss_main": ce_sum / accum, "loss_aux": aux_sum / accum}
