@@ -46,6 +46,9 @@ def test_smoke_trains_and_logs(reference_run, tmp_path):
     for group in ("lr_attn", "lr_shared_ffn", "lr_embed"):
         assert float(lr[11][group]) < 0.2 * float(lr[0][group])
     assert float(lr[0]["lr_attn"]) == pytest.approx(0.025)
+    # one live expert (steps 0-1): no router gradient, nothing clipped or recorded (spec 7.4 fixed)
+    assert [lr[s]["router_grad_norm"] for s in (0, 1)] == ["", ""]
+    assert all(float(lr[s]["router_grad_norm"]) > 0 for s in range(2, 12))
     # checkpoints: keep_last=2 (every 4 steps + the final one)
     steps = [info.step for info in CheckpointManager(run_dir / "checkpoints").list()]
     assert steps == [7, 11]
