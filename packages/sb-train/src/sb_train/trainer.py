@@ -319,17 +319,16 @@ class Trainer:
             total += out.ce_loss.float()
             n += 1
         total /= max(n, 1)
-        if self.env.distributed:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG if self.device.type == "cuda" else dist.ReduceOp.SUM)
-            if self.device.type != "cuda":
-                total /= self.env.world_size
+        if self.env.distributed:  # SUM then divide: gloo has no AVG
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            total /= self.env.world_size
         self.model.train()
         self._apply_schedule(step)
         loss = float(total)
         if not math.isfinite(loss):
             raise TrainingAborted(f"non-finite validation loss ({loss}) at step {step}")
         self.val_history.append((step, loss))
-        if math.isfinite(loss) and (self.best_val is None or loss < self.best_val[0]):
+        if self.best_val is None or loss < self.best_val[0]:
             self.best_val = (loss, step)
         self._pending_val = {"val_loss": loss, "val_tokens": loader.num_tokens}
         self.progress.validation(step, loss, self.time_ms)
