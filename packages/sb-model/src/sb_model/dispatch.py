@@ -142,8 +142,9 @@ def index_select_rows(src: Tensor, index: Tensor) -> Tensor:
 
 def is_bijection(k: int, capacity: int | None, align: int) -> bool:
     """True when every row serves exactly one choice and every choice is served, decided from static facts:
-    top-1 (the choice always names a live expert), no capacity and no group padding. Then the two row gathers
-    are permutations and need no masks."""
+    top-1 (the choice always names a live expert: ``shape_logits`` leaves live logits finite unless they
+    overflow float32 after the temperature division, and dead ones are -inf), no capacity and no group
+    padding. Then the two row gathers are permutations and need no masks."""
     return k == 1 and capacity is None and align == 1
 
 
