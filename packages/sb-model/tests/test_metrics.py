@@ -99,3 +99,20 @@ def test_single_expert_phase_reports_nan_max_logit_and_is_not_collapse(make_bank
     s = bank.read_metrics().summary
     assert math.isnan(s["router/max_logit"]) and s["router/collapsed"] == 0.0
     assert s["router/load_cv2"] == pytest.approx(3.0, abs=1e-4)  # E/n - 1 with E=4, n=1
+
+
+def test_max_logit_totals_give_an_interval_mean_without_reading(make_bank, tokens):
+    bank = make_bank(use_reverse_ema=False)
+    flags = sm.build_router_flags(tokens(1, 20))
+    bank(torch.randn(1, 20, 16), 0, bank.context(flags, bank.default_schedule(active_experts=1)))
+    before = bank.metrics.max_logit_totals()
+    for _ in range(2):
+        bank(torch.randn(1, 20, 16), 0, bank.context(flags))
+    delta = bank.metrics.max_logit_totals() - before
+    assert delta[0, 1] == 2  # two calls with more than one live expert; the single-expert call is not counted
+    bank.metrics.reset()
+    bank(torch.randn(1, 20, 16), 0, bank.context(flags))
+    total = bank.metrics.max_logit_totals()
+    one = bank.read_metrics().per_layer[0]["max_logit"]  # what read() reports for the same call
+    assert math.isfinite(one) and float(total[0, 0]) == pytest.approx(one) and float(total[0, 1]) == 1
+    assert bank.metrics.max_logit_totals()[0, 0] == 0  # read() reset the sums

@@ -122,6 +122,14 @@ class RouterMetrics(nn.Module):
         self.calls[layer_idx] += 1
 
     @torch.no_grad()
+    def max_logit_totals(self) -> Tensor:
+        """(L, 2) device copy of the running per-layer max-logit sum and the number of calls that had a finite
+        max logit (more than one live expert). The difference of two snapshots gives an interval's mean per
+        layer without a host sync (the trainer's per-step logit statistics)."""
+        s = self.scalar_sums
+        return torch.stack([s[:, SCALAR_KEYS.index("max_logit")], s[:, _MAX_LOGIT_COUNT]], dim=1).clone()
+
+    @torch.no_grad()
     def reset(self) -> None:
         self.scalar_sums.zero_()
         self.vector_sums.zero_()

@@ -346,7 +346,7 @@ class Trainer:
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
         bank = self.model.bank
-        before = _max_logit_sums(bank) if bank is not None else None
+        before = bank.metrics.max_logit_totals() if bank is not None else None
         for _ in range(accum):
             inputs, targets = next(self.loader)
             with self._autocast():
@@ -575,17 +575,9 @@ def _same_preset(run_dir: Path, preset: str) -> bool:
         return True  # a run directory without a header (killed before logging): judge by its checkpoints
 
 
-def _max_logit_sums(bank) -> torch.Tensor:
-    """(L, 2) snapshot of the bank's running max-logit sum and finite-call count."""
-    from sb_model.metrics import _MAX_LOGIT_COUNT, SCALAR_KEYS
-
-    s = bank.metrics.scalar_sums
-    return torch.stack([s[:, SCALAR_KEYS.index("max_logit")], s[:, _MAX_LOGIT_COUNT]], dim=1).clone()
-
-
 def _step_max_logit(bank, before: torch.Tensor) -> torch.Tensor:
     """This step's max logit: the mean over layers of each layer's max logit (averaged over micro-batches),
     NaN when no layer had more than one live expert. Device ops only."""
-    delta = _max_logit_sums(bank) - before
+    delta = bank.metrics.max_logit_totals() - before
     per_layer = delta[:, 0] / delta[:, 1]
     return torch.nanmean(per_layer)
