@@ -78,7 +78,7 @@ from sb_analysis.logformat import (
     segment_files,
 )
 from sb_analysis.logwriter import CsvAppender, config_hash, utc_now, write_json_atomic, write_status_file
-from sb_model.metrics import RoutingReport
+from sb_model.metrics import SCALAR_KEYS, RoutingReport
 from sb_train.code_version import RUN_ID_PATTERN, make_run_id
 
 SCALAR_HEAD: tuple[str, ...] = (
@@ -111,30 +111,18 @@ SCALAR_TAIL: tuple[str, ...] = (
     "tokens_per_s",
     "peak_mem_mib",
 )
+# RoutingReport.per_layer key -> router.csv column (keys not listed keep their name)
+REPORT_RENAMES = {"aux": "aux_loss"}
+# one column per statistic the bank reports (so a new bank statistic reaches the CSV), plus the EMA mixing
+# coefficients that callers pass as layer_values
 ROUTER_SCALARS: tuple[str, ...] = (
     "step",
     "layer",
     "tokens",
-    "imp_cv2",
-    "load_cv2",
-    "usage_frac",
-    "topk_prob_mean",
-    "top1_p_mean",
-    "imp_entropy",
-    "load_entropy",
-    "entropy_mean",
-    "max_logit",
-    "max_frac",
-    "num_active",
-    "live_experts",
-    "aux_loss",
-    "z_loss",
-    "drop_frac",
+    *(REPORT_RENAMES.get(key, key) for key in SCALAR_KEYS),
     "ema_alpha_forward",
     "ema_alpha_reverse",
 )
-# RoutingReport.per_layer key -> router.csv column (keys not listed keep their name)
-REPORT_RENAMES = {"aux": "aux_loss"}
 # scalars.csv column filled from RoutingReport.summary when the caller does not give it
 SUMMARY_FILL = {f"router_{k}": f"router/{k}" for k in ("imp_cv2", "load_cv2", "usage_frac", "topk_prob_mean")}
 SUMMARY_FILL["router_max_logit"] = "router/max_logit"
