@@ -81,36 +81,11 @@ from sb_analysis.logwriter import CsvAppender, config_hash, utc_now, write_json_
 from sb_model.metrics import SCALAR_KEYS, RoutingReport
 from sb_train.code_version import RUN_ID_PATTERN, make_run_id
 
-SCALAR_HEAD: tuple[str, ...] = (
-    "step",
-    "time_ms",
-    "wall_time",
-    "tokens",
-    "loss",
-    "loss_main",
-    "loss_aux",
-    "val_loss",
-    "val_tokens",
-)
-SCALAR_TAIL: tuple[str, ...] = (
-    "momentum",
-    "router_temp",
-    "logit_cap",
-    "gumbel_scale",
-    "window_blocks",
-    "active_experts",
-    "router_grad_norm",
-    "router_clip",
-    "router_clipped",
-    "grad_norm",
-    "router_imp_cv2",
-    "router_load_cv2",
-    "router_usage_frac",
-    "router_topk_prob_mean",
-    "router_max_logit",
-    "tokens_per_s",
-    "peak_mem_mib",
-)
+# scalars.csv: the columns docs/log-format.md declares (sb_analysis.logformat.SCALARS_COLUMNS, in its order),
+# with the per-group learning rates after the validation columns and the trainer's tokens_per_s added
+_DECLARED = list(SCALARS_COLUMNS)
+SCALAR_HEAD: tuple[str, ...] = tuple(_DECLARED[: _DECLARED.index("val_tokens") + 1])
+SCALAR_TAIL: tuple[str, ...] = (*_DECLARED[_DECLARED.index("val_tokens") + 1 :], "tokens_per_s")
 # RoutingReport.per_layer key -> router.csv column (keys not listed keep their name)
 REPORT_RENAMES = {"aux": "aux_loss"}
 # one column per statistic the bank reports (so a new bank statistic reaches the CSV), plus the EMA mixing
