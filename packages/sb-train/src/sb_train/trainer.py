@@ -447,7 +447,7 @@ class Trainer:
             self.logger.write_status("failed", max(self.step_done, 0), self.time_ms, error=repr(exc))
             self.logger.close("failed")
             raise
-        result.state = "finished" if state == "finished" else ("stopped" if state == "stopped" else "aborted")
+        result.state = state if state in ("finished", "stopped") else "aborted"
         result.step = self.step_done
         result.time_ms = self.time_ms
         result.val_history = list(self.val_history)
