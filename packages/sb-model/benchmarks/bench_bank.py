@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--impl", default="auto", choices=["auto", "grouped_mm", "blocked_bmm"])
+    p.add_argument("--impl", default="auto", choices=["auto", "grouped_mm", "cpu_parallel", "blocked_bmm"])
     p.add_argument("--no-naive", action="store_true", help="skip the (slow) reference-style loop")
     args = p.parse_args()
 

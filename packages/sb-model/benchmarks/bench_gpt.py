@@ -66,7 +66,7 @@ def main() -> None:
         for m in models.values():
             m.routing_schedule.set_(temperature=1.0, logit_cap=0.0)
         tok = torch.randint(1, 1024, (args.batch, args.seq_len + 1))
-        tok[:, :: 200] = 0
+        tok[:, ::200] = 0
         times: dict[str, list[float]] = {k: [] for k in models}
         for m in models.values():  # warm-up
             step_time(m, tok)
@@ -79,8 +79,10 @@ def main() -> None:
             c = m.parameter_counts()
             ffn = c["ffn_bank"] + c["adapters"] + c["dense_ffn"]
             rows.append((topk, name, c["total"], ffn, tps[name], tps[name] / tps["dense (equal active)"]))
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} x {args.seq_len} tokens, "
-          f"d=128, 4 layers, E=8, ffn_hidden=512, median of {args.iters}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} x {args.seq_len} tokens, "
+        f"d=128, 4 layers, E=8, ffn_hidden=512, median of {args.iters}"
+    )
     print()
     print("| top-k | model | params | FFN params | fwd+bwd tokens/s | ratio vs dense |")
     print("|---|---|---:|---:|---:|---:|")

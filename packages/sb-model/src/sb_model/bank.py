@@ -15,10 +15,12 @@ from torch import Tensor, nn
 
 from sb_model.aux_losses import reference_aux_loss, router_z_loss, switch_load_balancing_loss
 from sb_model.config import BankConfig
+from sb_model.cpu_parallel_experts import cpu_parallel_experts_available, expert_ffn_cpu_parallel
 from sb_model.dispatch import (
     build_dispatch,
     capacity_for,
     combine_rows,
+    dispatch_choice_values,
     dispatch_rows,
     index_select_rows,
     is_bijection,
@@ -97,6 +99,7 @@ class SharedExpertBank(nn.Module):
         self.metrics = RouterMetrics(L, E).to(device)
         self.reset_parameters()
         probe_cpu_grouped_mm()
+        cpu_parallel_experts_available()  # probed eagerly: compiled code only reads the answer
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -238,6 +241,16 @@ class SharedExpertBank(nn.Module):
         cfg = self.config
         if cfg.expert_impl == "blocked_bmm":
             return "blocked", cfg.fallback_block_rows
+        on_cpu = x.device.type == "cpu"
+        if cfg.expert_impl == "cpu_parallel" and not on_cpu:
+            raise RuntimeError(
+                f"expert_impl='cpu_parallel' runs on CPU tensors only (got {x.device.type}); use "
+                "expert_impl='auto'"
+            )
+        if cfg.expert_impl == "cpu_parallel" or (
+            cfg.expert_impl == "auto" and on_cpu and cpu_parallel_experts_available()
+        ):
+            return "cpu_parallel", cfg.group_align or 1
         ok = grouped_mm_supported(x.device, self.w1.dtype, (cfg.model_dim, cfg.ffn_hidden))
         if cfg.expert_impl == "grouped_mm" and not ok:
             raise RuntimeError(
@@ -295,17 +308,29 @@ class SharedExpertBank(nn.Module):
 
         bijection = is_bijection(k, capacity, align)
         rows = dispatch_rows(x.reshape(N, d), disp, bijection)
-        if self.adapter_scale is not None:
-            rows = self._adapt(rows, layer_idx, disp.row_expert, sched)
-        rows = rows.to(self.w1.dtype)
-        if impl == "grouped":
-            out_rows = expert_ffn_grouped(rows, self.w1, self.w2, disp.offs)
+        gate = torch.where(disp.served, r.gates, torch.zeros_like(r.gates)).to(self.w1.dtype)
+        scale, bias = self._adapter_params(layer_idx, sched)
+        if impl == "cpu_parallel":
+            # adapters and gates are applied inside the expert tasks, while each row is in cache
+            row_gate = dispatch_choice_values(gate.reshape(N * k, 1), disp, bijection).view(-1)
+            out_rows = expert_ffn_cpu_parallel(
+                rows.to(self.w1.dtype), self.w1, self.w2, disp.offs, scale, bias, row_gate
+            )
+            picked = combine_rows(out_rows, disp, bijection)
+            y = picked if k == 1 else picked.view(N, k, d).sum(dim=1)
         else:
-            out_rows = expert_ffn_blocked(rows, self.w1, self.w2, disp.row_expert, align)
-        gate = torch.where(disp.served, r.gates, torch.zeros_like(r.gates)).to(out_rows.dtype)
-        picked = combine_rows(out_rows, disp, bijection)
-        # top-1: (N, d) * (N, 1), no (N, 1, d) view to select from (a select's backward zero-fills a copy)
-        y = picked * gate if k == 1 else (picked.view(N, k, d) * gate[..., None]).sum(dim=1)
+            if scale is not None:
+                rows = torch.addcmul(
+                    index_select_rows(bias, disp.row_expert), rows, index_select_rows(scale, disp.row_expert)
+                )
+            rows = rows.to(self.w1.dtype)
+            if impl == "grouped":
+                out_rows = expert_ffn_grouped(rows, self.w1, self.w2, disp.offs)
+            else:
+                out_rows = expert_ffn_blocked(rows, self.w1, self.w2, disp.row_expert, align)
+            picked = combine_rows(out_rows, disp, bijection)
+            # top-1: (N, d) * (N, 1), no (N, 1, d) view to select from (a select's backward zero-fills a copy)
+            y = picked * gate if k == 1 else (picked.view(N, k, d) * gate[..., None]).sum(dim=1)
         y = y.view(B, T, d).to(x.dtype)
 
         aux, z = self._aux_loss(r, disp.demanded_counts, layer_idx, sched)
@@ -325,15 +350,15 @@ class SharedExpertBank(nn.Module):
             self.metrics.record(layer_idx, scalars, vectors)
         return y, aux
 
-    def _adapt(self, rows: Tensor, layer_idx: int, row_expert: Tensor, sched: RoutingSchedule) -> Tensor:
-        """bias_e + rows * scale_e for each row's expert e, in one fused pass over the rows."""
-        assert self.adapter_scale is not None and self.adapter_bias is not None
+    def _adapter_params(self, layer_idx: int, sched: RoutingSchedule) -> tuple[Tensor | None, Tensor | None]:
+        """(scale, bias), each (E, d), of this layer's adapter slot (detached while adapters are frozen), or
+        (None, None) without adapters. An expert e's input rows become ``bias[e] + rows * scale[e]``."""
+        if self.adapter_scale is None or self.adapter_bias is None:
+            return None, None
         slot = self.config.adapter_slot(layer_idx)
         scale, bias = self.adapter_scale[slot], self.adapter_bias[slot]
         frozen = sched.adapters_frozen
-        scale = torch.where(frozen, scale.detach(), scale)
-        bias = torch.where(frozen, bias.detach(), bias)
-        return torch.addcmul(index_select_rows(bias, row_expert), rows, index_select_rows(scale, row_expert))
+        return torch.where(frozen, scale.detach(), scale), torch.where(frozen, bias.detach(), bias)
 
     def _aux_loss(
         self, r, demanded_counts: Tensor, layer_idx: int, sched: RoutingSchedule

@@ -117,13 +117,15 @@ def sample_main(args: argparse.Namespace) -> int:
         raise ValueError(f"the prompt must be 1+ token ids in [0, {vocab}) (got {ids[:10]})")
     room = model.config.max_seq_len - len(ids)
     if args.max_new_tokens > room:
-        raise ValueError(f"prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) exceeds the "
-                         f"model's max_seq_len={model.config.max_seq_len}; ask for at most {room} new tokens")
+        raise ValueError(
+            f"prompt ({len(ids)} tokens) + --max-new-tokens ({args.max_new_tokens}) exceeds the "
+            f"model's max_seq_len={model.config.max_seq_len}; ask for at most {room} new tokens"
+        )
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     prompt = torch.tensor([ids] * args.num_samples, device=args.device)
     out = model.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, generator=gen)
     for row in out.tolist():
-        new = row[len(ids):]
+        new = row[len(ids) :]
         text = tok.decode(row) if tok is not None else None
         if args.json:
             print(json.dumps({"prompt_ids": ids, "new_ids": new, "text": text}))

@@ -9,7 +9,7 @@ GatingKind = Literal["softmax", "sigmoid"]
 AssignmentKind = Literal["topk", "sinkhorn"]
 CapMode = Literal["hard", "tanh"]
 ReverseEmaMode = Literal["snapshot", "document_ema"]
-ExpertImpl = Literal["auto", "grouped_mm", "blocked_bmm"]
+ExpertImpl = Literal["auto", "grouped_mm", "cpu_parallel", "blocked_bmm"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ class BankConfig:
             f"logit_cap_mode must be 'hard' (reference clamp) or 'tanh' (got {self.logit_cap_mode!r})",
         )
         need(
-            self.expert_impl in ("auto", "grouped_mm", "blocked_bmm"),
-            f"expert_impl must be 'auto', 'grouped_mm' or 'blocked_bmm' (got {self.expert_impl!r})",
+            self.expert_impl in ("auto", "grouped_mm", "cpu_parallel", "blocked_bmm"),
+            "expert_impl must be 'auto', 'grouped_mm', 'cpu_parallel' or 'blocked_bmm' "
+            f"(got {self.expert_impl!r})",
         )
         need(
             self.group_align is None or self.group_align >= 1,

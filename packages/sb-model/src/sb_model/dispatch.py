@@ -193,6 +193,17 @@ def dispatch_rows(x: Tensor, disp: Dispatch, bijection: bool) -> Tensor:
     )
 
 
+def dispatch_choice_values(values: Tensor, disp: Dispatch, bijection: bool) -> Tensor:
+    """(R, m) per-row copies of the (N * k, m) per-choice ``values`` (e.g. gates); padding rows are zero."""
+    return gather_rows(
+        values,
+        disp.row_choice,
+        None if bijection else disp.row_used,
+        disp.dest.reshape(-1, 1),
+        None if bijection else disp.served.reshape(-1, 1),
+    )
+
+
 def combine_rows(out_rows: Tensor, disp: Dispatch, bijection: bool) -> Tensor:
     """(N * k, d) expert outputs in (token, choice) order; unserved choices are zero."""
     return gather_rows(
