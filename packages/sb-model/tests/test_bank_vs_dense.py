@@ -12,7 +12,7 @@ def _run(bank, x, flags, layer=0, **sched):
 
 
 @pytest.mark.parametrize("topk", [1, 2])
-@pytest.mark.parametrize("impl", ["grouped_mm", "blocked_bmm"])
+@pytest.mark.parametrize("impl", ["grouped_mm", "cpu_parallel", "blocked_bmm"])
 def test_matches_dense_reference(make_bank, tokens, reference_forward, topk, impl):
     bank = make_bank(topk=topk, expert_impl=impl, use_reverse_ema=True, ema_window_rev=5)
     tok = tokens(2, 24)
@@ -92,15 +92,42 @@ def test_forward_ema_feature_and_batch(make_bank, tokens, reference_forward):
     torch.testing.assert_close(y.double(), expect, atol=2e-5, rtol=1e-4)
 
 
-def test_grouped_and_blocked_agree_in_bfloat16(make_bank, tokens):
+def test_implementations_agree_in_bfloat16(make_bank, tokens):
     flags = sm.build_router_flags(tokens(1, 48))
     x = torch.randn(1, 48, 16, dtype=torch.bfloat16)
     outs = []
-    for impl in ("grouped_mm", "blocked_bmm"):
+    for impl in ("grouped_mm", "cpu_parallel", "blocked_bmm"):
         bank = make_bank(dtype=torch.bfloat16, topk=2, expert_impl=impl, use_reverse_ema=False)
         (y, _), _ = _run(bank, x, flags)
         outs.append(y.float())
     torch.testing.assert_close(outs[0], outs[1], atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(outs[0], outs[2], atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+@pytest.mark.parametrize("capacity_factor", [None, 0.6])
+def test_cpu_parallel_matches_grouped_mm_with_gradients(make_bank, tokens, topk, capacity_factor):
+    """Forward and every gradient (input, experts, adapters, router) agree between the two CPU paths, in
+    dropless and capacity mode, with a masked expert (unserved second choices) and a frozen-adapter step."""
+    flags = sm.build_router_flags(tokens(2, 40))
+    x0 = torch.randn(2, 40, 16)
+    results = []
+    for impl in ("grouped_mm", "cpu_parallel"):
+        bank = make_bank(topk=topk, expert_impl=impl, capacity_factor=capacity_factor, ema_window_rev=5)
+        x = x0.clone().requires_grad_()
+        total = 0
+        for layer, active in ((0, 4), (1, 3), (2, 1)):
+            (y, aux), _ = _run(bank, x, flags, layer, active_experts=active, temperature=1.2)
+            total = total + (y * torch.linspace(-1, 1, 16)).sum() + aux
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in bank.named_parameters() if p.grad is not None}
+        results.append((float(total.detach()), x.grad.clone(), grads))
+    (l0, gx0, g0), (l1, gx1, g1) = results
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    torch.testing.assert_close(gx0, gx1, atol=1e-5, rtol=1e-4)
+    assert g0.keys() == g1.keys() and {"w1", "w2", "adapter_scale", "adapter_bias", "router_w"} <= g0.keys()
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_sigmoid_gating_and_normalized_gates(make_bank, tokens):

@@ -89,10 +89,9 @@ def _expert_ffn_fwd(
         u = rows[a:b] if scale is None else torch.addcmul(bias[e], rows[a:b], scale[e])
         hh = torch.mm(u, w1[e].t(), out=h[a:b])
         act = torch.relu(hh).square_()
-        if gate is None:
-            torch.mm(act, w2[e].t(), out=out[a:b])
-        else:
-            torch.mul(torch.mm(act, w2[e].t()), gate[a:b, None], out=out[a:b])
+        if gate is not None:
+            act.mul_(gate[a:b, None])  # gate * (act W2ᵀ) = (gate * act) W2ᵀ
+        torch.mm(act, w2[e].t(), out=out[a:b])
 
     run_on_openmp_team(plan_tasks(_ends(offs), torch.get_num_threads()), task)
     return out, h
@@ -144,7 +143,9 @@ def _expert_ffn_bwd(
         da = torch.mm(g, w2[e])  # d out / d act, before the gate
         if gated:
             gt = gate[a:b, None]
-            torch.sum(da * act, 1, out=grad_gate[a:b])  # out = gate * (act W2ᵀ): d/d gate = <g, act W2ᵀ>
+            torch.linalg.vecdot(
+                da, act, out=grad_gate[a:b]
+            )  # d out/d gate = act W2ᵀ: <g, act W2ᵀ> = <g W2, act>
             act.mul_(gt)
             da.mul_(gt)
         torch.mm(g.t(), act, out=dw2)
@@ -155,7 +156,7 @@ def _expert_ffn_bwd(
             torch.mm(dh, w1[e], out=grad_rows[a:b])
             return
         du = torch.mm(dh, w1[e])
-        torch.sum(du * x, 0, out=dadapt[0])
+        torch.linalg.vecdot(du, x, dim=0, out=dadapt[0])
         torch.sum(du, 0, out=dadapt[1])
         torch.mul(du, scale[e], out=grad_rows[a:b])
 
