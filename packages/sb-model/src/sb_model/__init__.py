@@ -23,6 +23,7 @@ from sb_model.aux_losses import (
 from sb_model.bank import RoutingContext, SharedExpertBank
 from sb_model.block import Block, DenseFFN
 from sb_model.config import BankConfig
+from sb_model.cpu_parallel_experts import cpu_parallel_experts_available, expert_ffn_cpu_parallel
 from sb_model.decode_cache import DecodeState, RouterFeatureHistory
 from sb_model.dispatch import Dispatch, build_dispatch
 from sb_model.ema import causal_reverse_snapshot, document_ema, reference_forward_ema, segmented_ema
@@ -80,6 +81,7 @@ __all__ = [
     "build_dispatch",
     "build_router_flags",
     "causal_reverse_snapshot",
+    "cpu_parallel_experts_available",
     "cv_squared",
     "dense_attention_mask",
     "dense_expert_ffn",
@@ -88,6 +90,7 @@ __all__ = [
     "document_starts",
     "entropy",
     "entropy_gap",
+    "expert_ffn_cpu_parallel",
     "flex_block_mask",
     "generate",
     "grouped_mm_supported",

@@ -3,9 +3,10 @@
 Why: a CPU GEMM over one expert's ~N/E rows split across all cores is less efficient than the dense GEMM
 over all N rows (every core gets a thin slice, and every small product ends in a barrier); on 2 cores
 ``grouped_mm``'s per-group loop was ~10% slower than the dense FFN's GEMMs. Here each expert's whole chain
-(``h = x W1ᵀ``, ``a = relu(h)²``, ``out = a W2ᵀ``, and in backward the four gradient products) runs on one
-core while the other cores take other experts, so every GEMM is a one-core GEMM and the ReLU² between them
-stays in that core's cache. The tasks run on PyTorch's own OpenMP threads (:mod:`sb_model.omp_team`).
+(adapter ``u = x * scale_e + bias_e``, ``h = u W1ᵀ``, ``a = relu(h)²``, gate, ``out = a W2ᵀ``, and in
+backward the four gradient products plus the adapter and gate gradients) runs on one core while the other
+cores take other experts, so every GEMM is a one-core GEMM and the elementwise work between them stays in
+that core's cache. The tasks run on PyTorch's own OpenMP threads (:mod:`sb_model.omp_team`).
 
 Work is cut into tasks ``(expert, first_row, end_row)``: an expert's group is cut into near-equal chunks
 only when it is larger than one thread's share of the rows (a skewed routing still keeps every core busy),

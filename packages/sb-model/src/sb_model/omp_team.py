@@ -36,7 +36,6 @@ def _loaded_libgomp() -> str | None:
         return None
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
-    torch.ones(64, 64).sum()  # make sure the runtime is loaded and initialised
     try:
         with open("/proc/self/maps") as f:
             maps = f.read()
