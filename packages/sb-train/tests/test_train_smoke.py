@@ -175,12 +175,18 @@ def test_untimed_warmup_restores_every_state(reference_run, smoke_data, tmp_path
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path):
+def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path, monkeypatch):
     """run.compile=on on CPU (minutes of compilation): same losses as eager to float tolerance, and the
-    schedule changes (experts going live, temperature, cap, Gumbel) do not recompile after the warm-up."""
+    schedule changes (experts going live, temperature, cap, Gumbel) do not recompile after the warm-up.
+    Inductor draws the Gumbel noise with its own generator unless ``fallback_random`` is set (without it the
+    two runs see different noise); what is left is float reassociation, which routing ties amplify (0.3% by
+    step 3 with either CPU expert implementation)."""
     _, ref_dir = reference_run
     cfg = smoke_config(smoke_data, tmp_path, 'run.compile="on"', "run.warmup_steps=2")
     import torch._dynamo.utils as dynamo_utils
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
 
     result = Trainer(cfg).run()
     assert result.state == "finished"
