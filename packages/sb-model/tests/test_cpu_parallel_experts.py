@@ -180,3 +180,19 @@ def test_task_runner_reraises_the_first_error(two_threads):
     seen = []
     run_on_openmp_team([1, 2], seen.append)
     assert sorted(seen) == [1, 2]
+
+
+def test_auto_picks_cpu_parallel_only_with_several_threads(make_bank):
+    bank = make_bank(model_dim=16, ffn_hidden=32)
+    x = torch.randn(1, 4, 16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert bank._expert_impl(x)[0] != "cpu_parallel"  # one core: the per-group GEMMs measured faster
+        torch.set_num_threads(2)
+        want = "cpu_parallel" if openmp_team_available() else "grouped"
+        assert bank._expert_impl(x)[0] == want
+    finally:
+        torch.set_num_threads(before)
+    explicit = make_bank(model_dim=16, ffn_hidden=32, expert_impl="cpu_parallel")
+    assert explicit._expert_impl(x)[0] == "cpu_parallel"

@@ -71,6 +71,14 @@ class RoutingContext:
         return fwd, rev
 
 
+@torch.compiler.assume_constant_result
+def _cpu_parallel_pays() -> bool:
+    """``expert_impl="auto"`` on a CPU: experts side by side when there are cores to spread them over and the
+    OpenMP team is usable. With one thread the tasks would run one after another, and ``grouped_mm`` measured
+    faster there (1.13x vs 1.23x the dense FFN, compiled). Decided when a graph is traced."""
+    return torch.get_num_threads() > 1 and cpu_parallel_experts_available()
+
+
 class SharedExpertBank(nn.Module):
     """One bank of FFN experts shared by all layers, with per-layer routers and adapters."""
 
@@ -248,7 +256,7 @@ class SharedExpertBank(nn.Module):
                 "expert_impl='auto'"
             )
         if cfg.expert_impl == "cpu_parallel" or (
-            cfg.expert_impl == "auto" and on_cpu and cpu_parallel_experts_available()
+            cfg.expert_impl == "auto" and on_cpu and _cpu_parallel_pays()
         ):
             return "cpu_parallel", cfg.group_align or 1
         ok = grouped_mm_supported(x.device, self.w1.dtype, (cfg.model_dim, cfg.ffn_hidden))
