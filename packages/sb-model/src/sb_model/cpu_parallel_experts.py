@@ -59,14 +59,7 @@ def _ends(offs: Tensor) -> list[int]:
 
 
 def _ends(offs: Tensor) -> list[int]:
-    return [int(v) for v in offs.tolist()]
-
-
-def _cut_experts(tasks: list[Task]) -> set[int]:
-    count: dict[int, int] = {}
-    for e, _, _ in tasks:
-        count[e] = count.get(e, 0) + 1
-    return {e for e, n in count.items() if n > 1}
+    return offs.tolist()
 
 
 @torch.library.custom_op("sb_model::cpu_parallel_expert_ffn", mutates_args=())
@@ -122,7 +115,9 @@ def _expert_ffn_bwd(
     E, R = w1.shape[0], rows.shape[0]
     adapters, gated = scale is not None, gate is not None
     tasks = plan_tasks(_ends(offs), torch.get_num_threads())
-    cut = _cut_experts(tasks)
+    tasks_of: dict[int, list[Task]] = {}  # expert -> its tasks (more than one: a cut expert)
+    for t in tasks:
+        tasks_of.setdefault(t[0], []).append(t)
     grad_rows = torch.empty_like(rows)
     grad_w1, grad_w2 = torch.empty_like(w1), torch.empty_like(w2)
     grad_scale = torch.empty_like(scale) if adapters else rows.new_empty(0)
@@ -133,7 +128,7 @@ def _expert_ffn_bwd(
     for t in tasks:
         e = t[0]
         finals = [grad_w1[e], grad_w2[e]] + ([grad_scale[e], grad_bias[e]] if adapters else [])
-        slots[t] = [torch.empty_like(f) for f in finals] if e in cut else finals
+        slots[t] = [torch.empty_like(f) for f in finals] if len(tasks_of[e]) > 1 else finals
 
     def task(t: Task) -> None:
         e, a, b = t
@@ -144,9 +139,8 @@ def _expert_ffn_bwd(
         da = torch.mm(g, w2[e])  # d out / d act, before the gate
         if gated:
             gt = gate[a:b, None]
-            torch.linalg.vecdot(
-                da, act, out=grad_gate[a:b]
-            )  # d out/d gate = act W2ᵀ: <g, act W2ᵀ> = <g W2, act>
+            # d out/d gate = act W2ᵀ, so d/d gate = <g, act W2ᵀ> = <g W2, act>
+            torch.linalg.vecdot(da, act, out=grad_gate[a:b])
             act.mul_(gt)
             da.mul_(gt)
         torch.mm(g.t(), act, out=dw2)
@@ -162,16 +156,15 @@ def _expert_ffn_bwd(
         torch.mul(du, scale[e], out=grad_rows[a:b])
 
     run_on_openmp_team(tasks, task)
-    served = {t[0] for t in tasks}
     finals_of = [grad_w1, grad_w2] + ([grad_scale, grad_bias] if adapters else [])
     for e in range(E):
-        if e not in served:
+        own = tasks_of.get(e, [])
+        if not own:
             for f in finals_of:
                 f[e].zero_()
-        elif e in cut:
-            parts = [slots[t] for t in tasks if t[0] == e]
+        elif len(own) > 1:
             for i, f in enumerate(finals_of):
-                torch.sum(torch.stack([p[i] for p in parts]), 0, out=f[e])
+                torch.sum(torch.stack([slots[t][i] for t in own]), 0, out=f[e])
     return grad_rows, grad_w1, grad_w2, grad_scale, grad_bias, grad_gate
 
 
