@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,24 @@ from router_explorer.pages.routing import nearest_step
 from router_explorer.pages.runs import filter_runs, key_figures
 from router_explorer.sample_data import synthetic_runs
 from sb_analysis import ingest
+
+
+def ingested_runs(tmp_path: Path, steps: int) -> tuple[Path, Path]:
+    """(runs folder, database) with sample_data's synthetic runs ingested."""
+    runs, db = tmp_path / "runs", tmp_path / "db.duckdb"
+    synthetic_runs(runs, steps=steps)
+    ingest([runs], db)
+    return runs, db
+
+
+def extra_run(tmp_path: Path, steps: int, run_id: str, dest: Path) -> Path:
+    """One more synthetic run (the "healthy" one) with its own run id, moved to ``dest``."""
+    synthetic_runs(tmp_path / "more", steps=steps)
+    (tmp_path / "more" / "healthy").rename(dest)
+    header = json.loads((dest / "run.json").read_text())
+    header["run_id"] = run_id
+    (dest / "run.json").write_text(json.dumps(header))
+    return dest
 
 
 def test_arguments_win_over_environment(tmp_path):
@@ -96,18 +115,10 @@ def test_expert_matrix_and_validation(sample_db):
 
 def test_new_ingest_changes_the_cache_key(tmp_path):
     """An ingest replaces the database file: the version changes and cached answers are not reused."""
-    runs = tmp_path / "runs"
-    synthetic_runs(runs, steps=20)
-    db = tmp_path / "db.duckdb"
-    ingest([runs], db)
+    _, db = ingested_runs(tmp_path, steps=20)
     before = data.db_version(db)
     assert data.runs(before).height == 2
-    synthetic_runs(tmp_path / "more", steps=20)
-    (tmp_path / "more" / "healthy").rename(tmp_path / "more" / "renamed")
-    header = json.loads((tmp_path / "more" / "renamed" / "run.json").read_text())
-    header["run_id"] = "third"
-    (tmp_path / "more" / "renamed" / "run.json").write_text(json.dumps(header))
-    ingest([tmp_path / "more" / "renamed"], db)
+    ingest([extra_run(tmp_path, 20, "third", tmp_path / "more" / "renamed")], db)
     after = data.db_version(db)
     assert after != before
     assert data.runs(after).height == 3
@@ -146,17 +157,10 @@ def test_sql_fetches_at_most_the_limit(sample_db):
 
 
 def test_refreshed_version_ingests_followed_runs(tmp_path):
-    runs = tmp_path / "runs"
-    synthetic_runs(runs, steps=10)
-    db = tmp_path / "db.duckdb"
-    ingest([runs], db)
+    runs, db = ingested_runs(tmp_path, steps=10)
     seen = data.db_version(db)
     assert data.refreshed_version(db, (), seen) is None  # nothing followed, nothing changed
-    synthetic_runs(tmp_path / "more", steps=10)
-    header = json.loads((tmp_path / "more" / "healthy" / "run.json").read_text())
-    header["run_id"] = "late-run"
-    (tmp_path / "more" / "healthy" / "run.json").write_text(json.dumps(header))
-    (tmp_path / "more" / "healthy").rename(runs / "late-run")
+    extra_run(tmp_path, 10, "late-run", runs / "late-run")
     new = data.refreshed_version(db, (runs,), seen)
     assert new is not None and new != seen
     assert "late-run" in data.runs(new)["run_id"].to_list()
@@ -164,10 +168,7 @@ def test_refreshed_version_ingests_followed_runs(tmp_path):
 
 def test_ingest_with_nothing_new_keeps_the_version(tmp_path):
     """sb-analysis rewrites the file even when nothing is new; the content fingerprint does not change."""
-    runs = tmp_path / "runs"
-    synthetic_runs(runs, steps=10)
-    db = tmp_path / "db.duckdb"
-    ingest([runs], db)
+    runs, db = ingested_runs(tmp_path, steps=10)
     seen = data.db_version(db)
     assert data.refreshed_version(db, (runs,), seen) is None
     assert data.db_version(db) == seen
