@@ -1,10 +1,14 @@
 """Bank layer forward+backward vs a dense ReLU² FFN of equal active parameters vs a naive per-expert loop,
 eager and under ``torch.compile``.
 
-    uv run python packages/sb-model/benchmarks/bench_bank.py            # CPU defaults, eager + compiled
-    uv run python packages/sb-model/benchmarks/bench_bank.py --modes eager --topk 1   # quick, no compile
-    uv run python packages/sb-model/benchmarks/bench_bank.py --tokens 12288 --dim 896 --hidden 1024 \
-        --device cuda --dtype bfloat16                                  # the record's shapes on a GPU
+    uv run python packages/sb-model/benchmarks/bench_bank.py                  # record shapes, CPU (~15 min)
+    uv run python packages/sb-model/benchmarks/bench_bank.py --preset small   # T=2048, d=h=512 (~3 min)
+    uv run python packages/sb-model/benchmarks/bench_bank.py --preset small --modes eager --topk 1  # quick
+    uv run python packages/sb-model/benchmarks/bench_bank.py --device cuda --dtype bfloat16     # on a GPU
+
+Shapes (``--preset``): ``record`` (default) is one bank call of the record run — a rank's micro-batch of
+T = 12,288 tokens, d = 896, h = 1024, E = 8 (spec 1.1); ``small`` is T = 2048, d = h = 512, E = 8, about 1/20
+of the work, for quick comparisons. ``--tokens/--dim/--hidden/--experts`` override a preset's values.
 
 Protocol: every round runs all implementations back to back (interleaved, so machine noise hits them alike).
 Each is timed as the fastest of ``--reps`` forward+backward passes with a materialised random upstream
@@ -14,8 +18,8 @@ separately; the table reports medians over rounds and, for the ratios, the media
 the per-round ratios against the dense FFN of the same round and mode (compiled bank vs compiled dense, eager
 vs eager). Compiled = ``torch.compile(fullgraph=True)`` with the default (inductor) backend, compiled once
 before timing. "no metrics" is the default bank with ``collect_metrics=False``; "bare" also drops the
-reverse-EMA feature and the adapters (router on the normed token and flags only). Goal (CPU): the top-1 bank
-at most 1.15x the dense FFN.
+reverse-EMA feature and the adapters (router on the normed token and flags only). Goal (CPU, record shapes):
+the top-1 bank at most 1.15x the dense FFN.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from collections.abc import Callable
 import torch
 
 import sb_model as sm
+
+# ``record``: one bank call of the record run (a rank's 12,288-token micro-batch at the record's model sizes);
+# ``small``: about 1/20 of that work, for quick comparisons
+PRESETS: dict[str, dict[str, int]] = {
+    "record": {"tokens": 12288, "dim": 896, "hidden": 1024, "experts": 8, "rounds": 5, "reps": 2},
+    "small": {"tokens": 2048, "dim": 512, "hidden": 512, "experts": 8, "rounds": 9, "reps": 3},
+}
 
 
 def dense_ffn(w1: torch.Tensor, w2: torch.Tensor):
@@ -112,14 +123,17 @@ def load_average() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, default=2048)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--preset", default="record", choices=sorted(PRESETS), help="shapes and default rounds")
+    p.add_argument("--tokens", type=int, help="tokens per call (T); overrides the preset")
+    p.add_argument("--dim", type=int, help="model dimension d; overrides the preset")
+    p.add_argument("--hidden", type=int, help="hidden size per expert h; overrides the preset")
+    p.add_argument("--experts", type=int, help="number of experts E; overrides the preset")
     p.add_argument("--topk", type=int, nargs="+", default=[1, 2])
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rounds", type=int, help="rounds (default: the preset's)")
+    p.add_argument(
+        "--reps", type=int, help="passes per round and case; the fastest counts (default: preset's)"
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -127,6 +141,9 @@ def main() -> None:
     p.add_argument("--impl", default="auto", choices=["auto", "grouped_mm", "cpu_parallel", "blocked_bmm"])
     p.add_argument("--no-naive", action="store_true", help="skip the (slow) reference-style loop")
     args = p.parse_args()
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -145,7 +162,8 @@ def main() -> None:
     print(
         f"machine: {platform.machine()} {dev_name}, {torch.get_num_threads()} threads; "
         f"torch {torch.__version__}; "
-        f"{args.dtype}; T={T} d={d} h={h} E={E}; {args.rounds} rounds x {args.reps} reps; "
+        f"{args.dtype}; preset {args.preset}: T={T} d={d} h={h} E={E}; "
+        f"{args.rounds} rounds x {args.reps} reps; "
         f"load average at start: {load_average()}"
     )
     print()

@@ -221,7 +221,10 @@ class SharedExpertBank(nn.Module):
         def term(feat: Tensor | None, name: str) -> Tensor:
             assert feat is not None, name
             a, b = cols[name]
-            return F.linear(feat.reshape(N, -1).to(w.dtype), w[:, a:b])
+            # a contiguous (E, width) copy of the columns, not a strided view: autograd then computes the
+            # weight gradient as gradᵀ @ feat. For a strided weight it takes featᵀ @ grad, which MKL runs
+            # ~20x slower for E = 8 outputs and 12k tokens (185 ms instead of 8 ms at the record's shapes)
+            return F.linear(feat.reshape(N, -1).to(w.dtype), w[:, a:b].contiguous())
 
         rev_proj = None
         if rev_plan is not None and rev_plan[3] == layer_idx:

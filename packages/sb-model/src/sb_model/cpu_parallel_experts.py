@@ -55,10 +55,6 @@ def plan_tasks(ends: list[int], workers: int) -> list[Task]:
 
 
 def _ends(offs: Tensor) -> list[int]:
-    return [int(v) for v in offs.tolist()]
-
-
-def _ends(offs: Tensor) -> list[int]:
     return offs.tolist()
 
 
