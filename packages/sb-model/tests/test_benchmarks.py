@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(script: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+@pytest.fixture
+def run_script(monkeypatch, capsys):
+    """Run a benchmark's ``main()`` in this process with the given arguments; returns what it printed. The
+    scripts set the thread count: it is restored afterwards."""
+    threads = torch.get_num_threads()
+
+    def run(script: str, *args: str) -> str:
+        spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", BENCH / script)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        module.main()
+        return capsys.readouterr().out
+
+    yield run
+    torch.set_num_threads(threads)
 
 
-def test_bench_bank_prints_a_row_per_topk_with_the_preset_overridden():
-    out = _run(
+def test_bench_bank_prints_a_row_per_topk_with_the_preset_overridden(run_script):
+    out = run_script(
         "bench_bank.py",
         *("--preset", "small", "--tokens", "64", "--dim", "16", "--hidden", "32", "--experts", "4"),
         *("--modes", "eager", "--rounds", "1", "--reps", "1", "--warmup", "0", "--threads", "1"),
@@ -32,13 +46,12 @@ def test_bench_bank_prints_a_row_per_topk_with_the_preset_overridden():
         assert float(cells[9]) > 0  # the naive loop ran too
 
 
-def test_bench_bank_refuses_an_unknown_preset():
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_bank.py"), "--preset", "huge"], capture_output=True, text=True
-    )
-    assert proc.returncode != 0 and "invalid choice: 'huge'" in proc.stderr
+def test_bench_bank_refuses_an_unknown_preset(run_script, capsys):
+    with pytest.raises(SystemExit):
+        run_script("bench_bank.py", "--preset", "huge")
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
-def test_bench_gpt_prints_both_models():
-    out = _run("bench_gpt.py", "--seq-len", "64", "--batch", "1", "--iters", "1", "--threads", "1")
+def test_bench_gpt_prints_both_models(run_script):
+    out = run_script("bench_gpt.py", "--seq-len", "64", "--batch", "1", "--iters", "1", "--threads", "1")
     assert out.count("| SwitchBank |") == 2 and out.count("| dense (equal active) |") == 2
