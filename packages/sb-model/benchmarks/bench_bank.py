@@ -1,8 +1,8 @@
 """Bank layer forward+backward vs a dense ReLU² FFN of equal active parameters vs a naive per-expert loop,
 eager and under ``torch.compile``.
 
-    uv run python packages/sb-model/benchmarks/bench_bank.py                  # record shapes, CPU (~15 min)
-    uv run python packages/sb-model/benchmarks/bench_bank.py --preset small   # T=2048, d=h=512 (~3 min)
+    uv run python packages/sb-model/benchmarks/bench_bank.py                  # record shapes, CPU (~17 min)
+    uv run python packages/sb-model/benchmarks/bench_bank.py --preset small   # T=2048, d=h=512 (~4 min)
     uv run python packages/sb-model/benchmarks/bench_bank.py --preset small --modes eager --topk 1  # quick
     uv run python packages/sb-model/benchmarks/bench_bank.py --device cuda --dtype bfloat16     # on a GPU
 
