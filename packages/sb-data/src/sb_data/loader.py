@@ -25,7 +25,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from sb_data.documents import DocumentWindow, segment_positions
 from sb_data.shards import Cursor, LoadedShard, LoaderStats, ShardFiles, ShardSet
+from sb_data.transfer import transfer_and_widen
 
 Mode = Literal["contiguous", "aligned"]
 STATE_FORMAT = "sb-data-loader/1"
@@ -42,101 +44,6 @@ def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, i
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
-
-
-def segment_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for every (s, l), without a Python loop.
-
-    One cumulative sum of steps: +1 inside a segment, a jump from one segment's end to the next start.
-    """
-    total = int(lengths.sum())
-    steps = np.ones(total, dtype=np.int64)
-    if total == 0:
-        return steps
-    firsts = np.cumsum(lengths[:-1])
-    steps[0] = starts[0]
-    steps[firsts] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
-    return np.cumsum(steps, out=steps)
-
-
-def transfer_and_widen(
-    inputs: np.ndarray, targets: np.ndarray, device: torch.device, *, pin_memory: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move raw uint16/uint32 tokens to ``device`` as (int32 inputs, int64 targets).
-
-    The narrow tokens travel as signed ints of the same width (every torch version can copy those),
-    through one staging buffer (pinned, and copied non-blocking, when ``pin_memory``); they are widened
-    on the device, where masking undoes the sign extension.
-    """
-    itemsize = inputs.dtype.itemsize
-    signed, torch_signed = (np.int16, torch.int16) if itemsize == 2 else (np.int32, torch.int32)
-    mask = (1 << (8 * itemsize)) - 1
-    n = inputs.size
-    staging = torch.empty(2 * n, dtype=torch_signed, pin_memory=pin_memory)
-    host = staging.numpy()
-    host[:n] = inputs.view(signed)
-    host[n:] = targets.view(signed)
-    moved = staging.to(device, non_blocking=pin_memory)
-    wide = moved.to(torch.int64).bitwise_and_(mask)
-    return wide[:n].to(torch.int32), wide[n:]
-
-
-class DocumentWindow:
-    """Candidate documents from a cursor onward, gathered shard by shard on demand."""
-
-    def __init__(self, shards: ShardSet, cursor: Cursor, max_seq_len: int | None) -> None:
-        self.shards = shards
-        self.max_seq_len = max_seq_len
-        self._next = cursor  # where the next gather continues
-        self._empty_run = 0
-        self.cursors: list[Cursor] = []  # per gathered piece: (epoch, shard, first doc)
-        self.files: list[np.ndarray] = []
-        self.starts: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        self.count = 0
-        self.piece_offsets = [0]
-
-    def gather(self, want_docs: int) -> None:
-        """Add at least ``want_docs`` more documents (crossing shards and epochs as needed)."""
-        added = 0
-        while added < want_docs:
-            epoch, shard, doc = self._next
-            loaded = self.shards.get(self.shards.file_at(epoch, shard))
-            n_docs = loaded.doc_starts.size
-            take = min(n_docs - doc, want_docs - added) if doc < n_docs else 0
-            if take > 0:
-                caps = loaded.doc_caps[doc : doc + take]
-                if self.max_seq_len is not None:
-                    caps = np.minimum(caps, self.max_seq_len)
-                self.cursors.append(Cursor(epoch, shard, doc))
-                self.files.append(np.full(take, loaded.file_index, dtype=np.int64))
-                self.starts.append(loaded.doc_starts[doc : doc + take])
-                self.lengths.append(caps)
-                self.count += take
-                self.piece_offsets.append(self.count)
-                added += take
-                self._empty_run = 0
-            if doc + take >= n_docs:
-                if take == 0:
-                    self._empty_run += 1
-                    if self._empty_run > self.shards.num_shards:
-                        raise ValueError(
-                            f"aligned mode found no document start (token id {self.shards.eot_id}) in any "
-                            f"shard ({', '.join(map(str, self.shards.paths))}); use mode='contiguous' or "
-                            "pass the right eot_id"
-                        )
-                epoch, shard = self.shards.next_shard(epoch, shard)
-                self._next = Cursor(epoch, shard, 0)
-            else:
-                self._next = Cursor(epoch, shard, doc + take)
-
-    def cursor_of(self, doc: int) -> Cursor:
-        """The cursor of the ``doc``-th gathered document (or of the first one not gathered yet)."""
-        if doc >= self.count:
-            return self._next
-        piece = int(np.searchsorted(self.piece_offsets, doc, side="right")) - 1
-        epoch, shard, first = self.cursors[piece]
-        return Cursor(epoch, shard, first + doc - self.piece_offsets[piece])
 
 
 class DistributedTokenLoader:
