@@ -1,5 +1,8 @@
-"""Aligned mode's document bookkeeping: the documents a batch may take from a cursor onward, and the token
-positions of the pieces it keeps."""
+"""Aligned mode's document bookkeeping: which documents a batch may take, and where their tokens are.
+
+:class:`DocumentWindow` gathers candidate documents from a cursor onward, shard by shard;
+:func:`segment_positions` turns the kept (start, length) pieces into token positions.
+"""
 
 from __future__ import annotations
 

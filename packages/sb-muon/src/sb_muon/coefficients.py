@@ -21,7 +21,8 @@ Triple = tuple[float, float, float]
 # Keller Jordan's quintic, repeated every iteration (torch.optim.Muon and the original Muon).
 QUINTIC: Triple = (3.4445, -4.7750, 2.0315)
 
-# Per-iteration 5-step schedule used by the dense GPT-2-medium speedrun baseline (spec section 3.3).
+# Per-iteration 5-step schedule used by the dense GPT-2-medium speedrun baseline
+# (docs/design/optimizer.md, Muon (reference path)).
 # Converges tightly for σ/σ_max >= 1e-2: output band about [0.98, 1.03].
 TUNED5: tuple[Triple, ...] = (
     (4.0848, -6.8946, 2.9270),
@@ -43,7 +44,7 @@ POLAR_EXPRESS: tuple[Triple, ...] = (
 POLAR_EXPRESS_SAFETY = 1.02
 
 # The reference SwitchBank record's "TurboMuon" triples, keyed by the (rows, cols) of the wide
-# orientation (rows <= cols). Shapes not listed use TURBO_DEFAULT.
+# orientation (rows <= cols). Shapes not listed use TURBO_DEFAULT (docs/design/optimizer.md, TurboMuon).
 TURBO_BY_SHAPE: dict[tuple[int, int], Triple] = {
     (2048, 2048): (3.3, -4.6, 2.0),
     (4096, 4096): (3.37, -4.9, 2.31),

@@ -6,7 +6,9 @@ import torch
 
 
 def momentum_warmup(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    """Linear ramp: `start` at step 0, `end` from `warmup_steps` on (the record uses 300, 0.85, 0.95)."""
+    """Linear ramp: `start` at step 0, `end` from `warmup_steps` on.
+
+    The defaults are the speedrun baseline's (docs/design/schedules.md, Momentum warmup)."""
     if warmup_steps <= 0:
         return end
     frac = min(max(step, 0) / warmup_steps, 1.0)

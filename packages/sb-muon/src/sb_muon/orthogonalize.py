@@ -177,7 +177,8 @@ def orthogonalize(
         steps: Newton–Schulz iterations (5 is the usual budget; "turbo" conventionally uses 4).
         method: "tuned5" (default), "polar_express", "quintic" (torch.optim.Muon's fixed triple),
             "turbo" (the reference SwitchBank TurboMuon: column-RMS preconditioning, a fixed triple
-            chosen by shape, then division by an estimate of σ_max), "svd" (exact, slow), or a custom
+            chosen by shape, then division by an estimate of σ_max; docs/design/optimizer.md, TurboMuon),
+            "svd" (exact, slow), or a custom
             sequence of (a, b, c) triples, one per iteration (the last repeats if `steps` is larger).
             "eigh" is the exact polar factor through an eigendecomposition of X Xᵀ (singular
             values below 1e-3 σ_max damped; `steps` ignored): the fastest accurate choice on CPUs.
