@@ -1,4 +1,6 @@
-"""One CSV field: a value checked against its column's declared type, and written as text (docs/log-format.md §1).
+"""One CSV field: a value checked against its column's declared type, then written as text.
+
+docs/log-format.md §1.
 
 An empty field means "not measured" (None); NaN and infinities are ``nan``, ``inf``, ``-inf``; floats are
 written with 9 significant digits unless the column keeps full precision; text is quoted when it holds a
@@ -20,17 +22,15 @@ Field = int | float | str | None
 def typed_value(column: str, value: Any, column_type: str) -> Field:
     """``value`` as the Python value of a ``column_type`` column.
 
-    None stays None (an empty field), bools become 0/1, and anything ``float()`` accepts (0-d tensors and
-    numpy scalars included) becomes a number; an integer column refuses a non-integral number.
+    None stays None (an empty field); anything ``float()`` accepts (bools, 0-d tensors and numpy scalars
+    included) becomes a float, or an int in an integer column, which refuses a non-integral number.
     """
     if value is None:
         return None
     if column_type == "VARCHAR":
         return str(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
+    if column_type in INTEGER_TYPES and isinstance(value, numbers.Integral):
+        return int(value)  # bools too (0/1)
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -69,8 +69,8 @@ class CsvAppender:
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists and read_header(self.path) != self.columns:
             raise ValueError(
-                f"{self.path} has header {read_header(self.path)}, not the columns given; start a new segment "
-                "file (docs/log-format.md §1, 'Segments')"
+                f"{self.path} has header {read_header(self.path)}, not the columns given; start a new "
+                "segment file (docs/log-format.md §1, 'Segments')"
             )
         self._handle: IO[str] = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
         if not exists:

@@ -38,7 +38,9 @@ def read_json_object(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise LogFormatError(f"{path}: not valid JSON ({err}); the writer must replace it atomically") from err
+        raise LogFormatError(
+            f"{path}: not valid JSON ({err}); the writer must replace it atomically"
+        ) from err
     if not isinstance(data, dict):
         raise LogFormatError(f"{path}: expected a JSON object")
     return data
