@@ -28,7 +28,8 @@ from pathlib import Path
 
 import duckdb
 
-from sb_analysis import RunDB, SyntheticRun, ingest, write_synthetic_run
+from sb_analysis import RunDB, ingest
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 
 def make_runs(root: Path, runs: int, steps: int, layers: int, experts: int, distinct: int = 4) -> list[Path]:
