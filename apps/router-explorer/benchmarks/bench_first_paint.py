@@ -1,6 +1,6 @@
 """First paint of every page on a big run: server-side script run time, measured with AppTest.
 
-Generates a 2,000-step x 28-layer x 8-expert run (sb-analysis's synthetic writer, with a collapsing layer
+Generates a 2,000-step x 28-layer x 8-expert run (sb_analysis.synthetic, with a collapsing layer
 and domain labels; generation and ingest are not timed), ingests it, then for each page opens a new
 AppTest session on it (a new browser tab) and times the script run:
 

@@ -1,8 +1,8 @@
-"""Ingest and query benchmark: N runs x S steps x ~200 metrics per step.
+"""Ingest and query benchmark: N runs x S steps x ~250 metrics per step.
 
-Default: 100 runs x 2,000 steps, 5 layers x 8 experts, i.e. per logged step 24 scalars + 5 x 35 router
-values = 199 metrics (2,001 scalar rows and 10,000 router rows per run). A few distinct runs are
-generated and copied under new run ids (generation is not what is measured).
+Default: 100 runs x 2,000 steps, 5 layers x 8 experts, i.e. per logged step 28 scalars + 5 x 43 router
+values = 243 metrics, every column the format declares (2,001 scalar rows and 10,000 router rows per run).
+A few distinct runs are generated and copied under new run ids (generation is not what is measured).
 
 Measured in the same process, each against a baseline:
 - ingest (declared schema, file by file, bad-row capture, atomic replace) vs the naive DuckDB load
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import duckdb
 
-from sb_analysis import RunDB, SyntheticRun, ingest, write_synthetic_run
+from sb_analysis import RunDB, ingest
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 
 def make_runs(root: Path, runs: int, steps: int, layers: int, experts: int, distinct: int = 4) -> list[Path]:

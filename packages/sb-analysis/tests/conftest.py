@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sb_analysis import SyntheticRun, ingest, write_synthetic_run
+from sb_analysis import ingest
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 WANDB_SCRIPT = textwrap.dedent(
     """

@@ -7,9 +7,10 @@ import sys
 import polars as pl
 import pytest
 
-from sb_analysis import RunDB, SyntheticRun, write_synthetic_run
+from sb_analysis import RunDB
 from sb_analysis.cli import main
 from sb_analysis.shell import run_shell
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 
 def test_sql_prints_a_table(shared_db, capsys):

@@ -5,12 +5,13 @@ import math
 import duckdb
 import polars as pl
 
-from sb_analysis import RunDB, SyntheticRun, ingest, write_synthetic_run
+from sb_analysis import RunDB, ingest
 from sb_analysis.health import collapse_episodes
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 
 def reference_score(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, A, E):
-    """The reference's router/health_score (spec 5.9), written out term by term."""
+    """The reference's router/health_score (docs/log-format.md §7), written out term by term."""
     terms = [0.8 * imp_cv2 / A, 0.9 * load_cv2 / A]
     if A > 1:
         terms += [

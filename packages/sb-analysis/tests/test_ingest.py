@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sb_analysis import RunDB, SyntheticRun, ingest, write_synthetic_run
-from sb_analysis.logformat import TABLES, LogFormatError, column_types
+from sb_analysis import RunDB, ingest
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -241,33 +241,6 @@ def test_unknown_inputs_fail_clearly(tmp_path):
     messages = " ".join(m for _, m in report.failures)
     assert "not a run directory" in messages and "no such file" in messages
     assert "format_version 2 is not supported" in messages
-
-
-def test_column_types_declared_not_sniffed():
-    types = column_types(TABLES["router"], ["step", "layer", "load_e0", "load_e1", "feat_w_tok"])
-    assert types == {
-        "step": "BIGINT",
-        "layer": "INTEGER",
-        "load_e0": "DOUBLE",
-        "load_e1": "DOUBLE",
-        "feat_w_tok": "DOUBLE",
-    }
-    with pytest.raises(LogFormatError, match="required"):
-        column_types(TABLES["scalars"], ["step", "loss"])
-    with pytest.raises(LogFormatError, match="twice"):
-        column_types(TABLES["scalars"], ["step", "time_ms", "step"])
-    with pytest.raises(LogFormatError, match="form"):
-        column_types(TABLES["scalars"], ["step", "time_ms", "Loss"])
-
-
-def test_documented_columns_match_the_reader():
-    doc = Path(__file__).resolve().parents[3] / "docs" / "log-format.md"
-    if not doc.is_file():
-        pytest.skip("docs/log-format.md not in this checkout")
-    text = doc.read_text()
-    for spec in TABLES.values():
-        for name in spec.declared:
-            assert f"`{name}`" in text or f"`router_{name}`" in text or name in text, name
 
 
 def test_run_directory_of_copies_keeps_ids(run_root, tmp_path):

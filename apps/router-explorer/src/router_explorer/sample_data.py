@@ -1,9 +1,10 @@
 """Run directories and databases for the tests, the benchmark and demos.
 
 `write_sample_runs` writes runs in the documented format (docs/log-format.md) with sb-analysis's synthetic
-writer: a healthy run with domain labels, a run whose layer collapses onto one expert, and a run with
-scalars only (no router.csv). More sources (e.g. sb-train's smoke preset) plug in through `extra`:
-callables that write run directories under the given root and return their paths.
+runs (sb_analysis.synthetic) and sb-runlog's writer: a healthy run with domain labels, a run whose layer
+collapses onto one expert, and a run with scalars only (no router.csv). More sources (e.g. sb-train's smoke
+preset) plug in through `extra`: callables that write run directories under the given root and return their
+paths.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from sb_analysis import RunLogWriter, SyntheticRun, ingest, write_synthetic_run
+from sb_runlog import RunLogWriter, new_run_header
+
+from sb_analysis import ingest
+from sb_analysis.synthetic import SyntheticRun, write_synthetic_run
 
 RunSource = Callable[[Path], Iterable[Path]]
 
@@ -30,11 +34,10 @@ def synthetic_runs(root: Path, steps: int = 120, num_layers: int = 4, num_expert
 
 def scalars_only_run(root: Path, steps: int = 30) -> list[Path]:
     """A run that logged losses but no router metrics and no domains (a dense baseline, say)."""
-    writer = RunLogWriter(
-        root / "dense-baseline", "dense-baseline", {"preset": "dense", "num_layers": 2},
-        preset="dense", num_layers=2, num_experts=1, tokens_per_step=4096, total_steps=steps,
-        scalar_columns=["step", "time_ms", "tokens", "loss", "val_loss"],
-    )
+    header = new_run_header("dense-baseline", "dense", {"preset": "dense", "num_layers": 2}, num_layers=2,
+                            num_experts=1, top_k=1, tokens_per_step=4096, total_steps=steps)
+    writer = RunLogWriter(root / "dense-baseline", header,
+                          scalar_columns=["step", "time_ms", "tokens", "loss", "val_loss"])
     for step in range(steps + 1):
         writer.log_step({
             "step": step, "time_ms": 50.0 * (step + 1), "tokens": (step + 1) * 4096,

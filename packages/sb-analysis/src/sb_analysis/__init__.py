@@ -1,7 +1,8 @@
 """sb-analysis: SwitchBank run logs (CSV run directories, W&B runs) in DuckDB.
 
 SQL over runs, side-by-side comparisons and router-health findings; every Python answer is a polars
-DataFrame. The run-directory format is documented in docs/log-format.md.
+DataFrame. The run-directory format (docs/log-format.md) is read through sb-runlog. Synthetic runs for
+tests and demos: ``sb_analysis.synthetic``.
 """
 
 from .api import RunDB
@@ -9,9 +10,6 @@ from .compare import DEFAULT_TARGET_LOSS, compare_runs, side_by_side
 from .db import DEFAULT_DB, DatabaseBusyError, connect_read_only
 from .health import findings
 from .ingest import IngestReport, RunResult, ingest
-from .logformat import FORMAT_NAME, FORMAT_VERSION, LogFormatError
-from .logwriter import RunLogWriter
-from .synthetic import SyntheticRun, write_synthetic_run
 from .wandb_ingest import WandbReadError, history_to_frames, read_api_run, read_offline_run
 
 __version__ = "0.1.0"
@@ -19,15 +17,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_DB",
     "DEFAULT_TARGET_LOSS",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
     "DatabaseBusyError",
     "IngestReport",
-    "LogFormatError",
     "RunDB",
-    "RunLogWriter",
     "RunResult",
-    "SyntheticRun",
     "WandbReadError",
     "compare_runs",
     "connect_read_only",
@@ -37,5 +30,4 @@ __all__ = [
     "read_api_run",
     "read_offline_run",
     "side_by_side",
-    "write_synthetic_run",
 ]

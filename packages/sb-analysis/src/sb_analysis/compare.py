@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import duckdb
 import polars as pl
 
-DEFAULT_TARGET_LOSS = 2.92  # the GPT-2-medium speedrun target (spec §6)
+DEFAULT_TARGET_LOSS = 2.92  # the GPT-2-medium speedrun target (docs/design/presets.md)
 
 COMPARE_SQL = """
 WITH target AS (

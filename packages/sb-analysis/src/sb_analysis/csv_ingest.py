@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import sb_runlog
+from sb_runlog import EXPERT_FAMILIES, LogFormatError, TableSpec, column_types, expert_counts
+from sb_runlog.header_check import EXPERT_COLUMN
 
+from .db import DB_TABLES
 from .derive import derived_select, refresh_router_steps
 from .loader import ensure_columns, has_rows_for_run_ids, has_rows_for_runs, quote_ident, upsert_staged
-from .logformat import EXPERT_COLUMN, EXPERT_FAMILIES, LogFormatError, TableSpec, column_types, expert_counts
 
 
 @dataclass
@@ -82,22 +85,6 @@ class FilePlan:
     tmp: bool = False
 
 
-def _last_newline_end(path: Path, size: int) -> int:
-    """Offset just past the last b'\\n' of the file (0 if there is none)."""
-    block = 1 << 16
-    with open(path, "rb") as handle:
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            handle.seek(start)
-            chunk = handle.read(pos - start)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                return start + idx + 1
-            pos = start
-    return 0
-
-
 def _count_newlines(path: Path, start: int, end: int) -> int:
     count = 0
     with open(path, "rb") as handle:
@@ -117,11 +104,11 @@ def _select_list(spec: TableSpec, types: dict[str, str], n_experts: int | None) 
     exprs = ["f._sb_run_id AS run_id"]
     needed: dict[str, str] = {}
     for name, typ in types.items():
-        if spec.kind == "router" and EXPERT_COLUMN.match(name):
+        if spec.name == "router" and EXPERT_COLUMN.match(name):
             continue
         exprs.append(f"c.{quote_ident(name)}")
         needed[name] = typ
-    if spec.kind == "router":
+    if spec.name == "router":
         counts = expert_counts(list(types))
         for family in EXPERT_FAMILIES:
             n = counts.get(family)
@@ -155,7 +142,7 @@ def plan_file(
     finished: bool,
 ) -> FilePlan | FileResult:
     """Decide what to read from a file; a FileResult (errors / pending only) when nothing can be read."""
-    result = FileResult(str(path), spec.kind)
+    result = FileResult(str(path), spec.name)
     size = path.stat().st_size
     with open(path, "rb") as handle:
         header_bytes = handle.readline()
@@ -174,7 +161,7 @@ def plan_file(
         result.errors.append(RowError(str(path), 1, "BAD HEADER", str(err), raw_line=header_text))
         return result
     state = states.get((run_id, str(path)))
-    complete_end = _last_newline_end(path, size)
+    complete_end = sb_runlog.complete_end(path, size)
     header_end = len(header_bytes)
     if state and state[0] == header_text and header_end <= state[1] <= complete_end:
         start, lines_before, rows_before = state[1], state[2], state[3]
@@ -242,7 +229,7 @@ def load_plans(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) -> Non
     to_read = [p for p in plans if p.start < p.complete_end]
     groups: dict[tuple, list[FilePlan]] = {}
     for plan in sorted(to_read, key=lambda p: p.segment):
-        groups.setdefault((plan.segment, plan.spec.kind, plan.header_text, plan.n_experts), []).append(plan)
+        groups.setdefault((plan.segment, plan.spec.name, plan.header_text, plan.n_experts), []).append(plan)
     try:
         for group in groups.values():
             for plan in group:
@@ -265,7 +252,7 @@ def _insert_states(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) ->
     columns = {
         "run_id": [p.run_id for p in plans],
         "path": [str(p.path) for p in plans],
-        "kind": [p.spec.kind for p in plans],
+        "kind": [p.spec.name for p in plans],
         "header": [p.header_text for p in plans],
         "bytes_done": [p.complete_end for p in plans],
         "lines_done": [p.lines_before + p.new_lines for p in plans],
@@ -294,8 +281,8 @@ def _insert_states(con: duckdb.DuckDBPyConnection, plans: Sequence[FilePlan]) ->
 
 def _load_group(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> None:
     spec = group[0].spec
-    ensure_columns(con, spec.db_table, group[0].needed)
-    if has_rows_for_run_ids(con, spec.db_table, [p.run_id for p in group]):
+    ensure_columns(con, DB_TABLES[spec.name], group[0].needed)
+    if has_rows_for_run_ids(con, DB_TABLES[spec.name], [p.run_id for p in group]):
         _load_staged(con, group)
         return
     redo = _load_fresh(con, group)
@@ -324,7 +311,7 @@ def _read_query(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> st
         "filename = '_sb_file', store_rejects = true, rejects_table = '_sb_rejects', "
         "rejects_scan = '_sb_rejects_scan') c JOIN _sb_files f ON c._sb_file = f._sb_source"
     )
-    if first.spec.kind == "router":  # parse and derive in one pass
+    if first.spec.name == "router":  # parse and derive in one pass
         columns = {"run_id", "_sb_file", *first.needed, *expert_counts(list(first.types))}
         query = derived_select(f"({query})", columns, first.n_experts)
     return query
@@ -356,7 +343,7 @@ def _load_fresh(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> li
     and keeps the last row per key). Returns those plans.
     """
     spec = group[0].spec
-    table = spec.db_table
+    table = DB_TABLES[spec.name]
     query = _read_query(con, group)
     con.execute("SET preserve_insertion_order = false")  # row order in the table does not matter
     try:
@@ -383,7 +370,7 @@ def _load_fresh(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> li
     for run, n, _, _ in counts:
         if run not in redo_ids:
             by_run[run].result.new_rows += n
-    if spec.kind == "router" and done:
+    if spec.name == "router" and done:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _sb_runs AS SELECT unnest(?::VARCHAR[]) AS run_id",
             [[p.run_id for p in done]],
@@ -414,9 +401,9 @@ def _load_staged(con: duckdb.DuckDBPyConnection, group: Sequence[FilePlan]) -> N
             )
         )
     con.execute("ALTER TABLE _sb_new DROP COLUMN _sb_file")
-    fresh = not has_rows_for_runs(con, spec.db_table, "_sb_new")
-    per_run = upsert_staged(con, spec.db_table, "_sb_new", spec.key)
-    if spec.kind == "router":
+    fresh = not has_rows_for_runs(con, DB_TABLES[spec.name], "_sb_new")
+    per_run = upsert_staged(con, DB_TABLES[spec.name], "_sb_new", spec.key)
+    if spec.name == "router":
         refresh_router_steps(con, "_sb_new", fresh=fresh)
     con.execute("DROP TABLE IF EXISTS _sb_new")
     con.execute("DROP TABLE IF EXISTS _sb_files")

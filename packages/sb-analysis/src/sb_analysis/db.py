@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+from sb_runlog.columns import ROUTER_COLUMNS, SCALARS_COLUMNS
 
 from .derive import create_router_tables
-from .logformat import ROUTER_COLUMNS, SCALARS_COLUMNS
 
 DEFAULT_DB = "runs.duckdb"
+# the database table each run-directory table is loaded into
+DB_TABLES = {"scalars": "steps", "router": "router_layers", "domains": "domain_load"}
 SCHEMA_VERSION = 1
 
 BASE_TABLES = f"""

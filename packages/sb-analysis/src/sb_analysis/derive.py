@@ -9,20 +9,20 @@ All three are computed only for the rows an ingest adds, which keeps re-ingests 
 from __future__ import annotations
 
 import duckdb
+from sb_runlog.health_thresholds import COLLAPSE_ACTIVE_MAX, COLLAPSE_MAX_FRAC, HEALTH_PENALTY_WEIGHTS
 
 from .loader import quote_ident
 
-COLLAPSE_MAX_FRAC = 0.90
-COLLAPSE_ACTIVE_MAX = 1
-
-MACROS = """
+_W = HEALTH_PENALTY_WEIGHTS
+MACROS = f"""
 CREATE OR REPLACE MACRO sb_nz(x) AS CASE WHEN x IS NULL OR isnan(x) THEN 0.0 ELSE x END;
 CREATE OR REPLACE MACRO sb_entropy_gap(a, h) AS
     CASE WHEN a > 1 THEN greatest(0.0, abs(ln(a) - h) / ln(a)) END;
 CREATE OR REPLACE MACRO sb_health_penalty(imp_cv2, load_cv2, imp_entropy, load_entropy, usage_frac, a, e) AS
-    0.8 * sb_nz(imp_cv2 / a) + 0.9 * sb_nz(load_cv2 / a)
-    + 0.5 * sb_nz(sb_entropy_gap(a, load_entropy)) + 0.2 * sb_nz(sb_entropy_gap(a, imp_entropy))
-    + 1.25 * sb_nz(abs(usage_frac - least(1.0, a / e)));
+    {_W["imp_cv2"]} * sb_nz(imp_cv2 / a) + {_W["load_cv2"]} * sb_nz(load_cv2 / a)
+    + {_W["load_entropy_gap"]} * sb_nz(sb_entropy_gap(a, load_entropy))
+    + {_W["imp_entropy_gap"]} * sb_nz(sb_entropy_gap(a, imp_entropy))
+    + {_W["usage_gap"]} * sb_nz(abs(usage_frac - least(1.0, a / e)));
 """
 
 # columns of router_layers computed here (besides filling imp_cv2, load_cv2, usage_frac, *_entropy)

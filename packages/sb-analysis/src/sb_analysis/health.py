@@ -14,6 +14,19 @@ from dataclasses import dataclass
 
 import duckdb
 import polars as pl
+from sb_runlog.health_thresholds import (
+    ACTIVE_LOW_STEP_FRAC_MAX,
+    CLIPPED_STEP_FRAC_MAX,
+    COLLAPSE_MAX_FRAC,
+    DEMAND_SERVED_GAP_MAX,
+    DROP_FRAC_MAX,
+    IMBALANCE_MAX_FRAC,
+    LOW_HEALTH_SCORE,
+    PEAKY_TOP1_P,
+    SEVERE_IMBALANCE_MAX_FRAC,
+    diffuse_top1_p,
+    entropy_bounds,
+)
 
 from .views import window_query
 
@@ -56,7 +69,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "top1_p_mean",
         True,
-        lambda E: 0.8,
+        lambda E: PEAKY_TOP1_P,
         "warn",
         "router too confident: top1_p_mean {value:.2f} > {threshold:.2f} (risk of collapse; raise the "
         "router temperature or noise)",
@@ -66,7 +79,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "top1_p_mean",
         False,
-        lambda E: 1.2 / E,
+        diffuse_top1_p,
         "info",
         "router too diffuse: top1_p_mean {value:.3f} < 1.2/E = {threshold:.3f} (little specialisation)",
     ),
@@ -75,7 +88,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "max_frac_mean",
         True,
-        lambda E: 0.5,
+        lambda E: SEVERE_IMBALANCE_MAX_FRAC,
         "bad",
         "severe imbalance: the busiest expert takes {value:.0%} of the tokens (> {threshold:.0%})",
     ),
@@ -84,7 +97,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "max_frac_mean",
         True,
-        lambda E: 0.35,
+        lambda E: IMBALANCE_MAX_FRAC,
         "warn",
         "imbalance: the busiest expert takes {value:.0%} of the tokens (sustained > {threshold:.0%}; "
         "raise the balance loss or the temperature)",
@@ -94,7 +107,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "entropy_mean",
         False,
-        lambda E: 0.2 * math.log(E),
+        lambda E: entropy_bounds(E)[0],
         "warn",
         "router entropy {value:.2f} nats < 0.2·ln E = {threshold:.2f} (over-confident)",
     ),
@@ -103,7 +116,7 @@ RULES: tuple[WindowRule, ...] = (
         "layer",
         "dem_srv_gap",
         True,
-        lambda E: 0.05,
+        lambda E: DEMAND_SERVED_GAP_MAX,
         "warn",
         "demanded exceeds served by {value:.3f} (capacity too tight or experts masked)",
     ),
@@ -112,7 +125,7 @@ RULES: tuple[WindowRule, ...] = (
         "run",
         "max_frac_max",
         True,
-        lambda E: 0.5,
+        lambda E: SEVERE_IMBALANCE_MAX_FRAC,
         "warn",
         "max_frac_max {value:.2f} sustained > {threshold:.2f} (some layer is badly imbalanced)",
     ),
@@ -121,7 +134,7 @@ RULES: tuple[WindowRule, ...] = (
         "run",
         "active_low_frac",
         True,
-        lambda E: 0.10,
+        lambda E: ACTIVE_LOW_STEP_FRAC_MAX,
         "warn",
         "active_min dips to 2 or fewer experts in {value:.0%} of the steps (collapse onset)",
     ),
@@ -130,7 +143,7 @@ RULES: tuple[WindowRule, ...] = (
         "run",
         "drop_frac_mean",
         True,
-        lambda E: 0.02,
+        lambda E: DROP_FRAC_MAX,
         "warn",
         "{value:.1%} of the assignments dropped by capacity (> {threshold:.0%})",
     ),
@@ -139,7 +152,7 @@ RULES: tuple[WindowRule, ...] = (
         "run",
         "clipped_frac",
         True,
-        lambda E: 0.10,
+        lambda E: CLIPPED_STEP_FRAC_MAX,
         "warn",
         "router gradient clipped in {value:.0%} of the steps (guide: below 5–10%)",
     ),
@@ -148,7 +161,7 @@ RULES: tuple[WindowRule, ...] = (
         "run",
         "health_score",
         False,
-        lambda E: 0.5,
+        lambda E: LOW_HEALTH_SCORE,
         "warn",
         "composite router-health score {value:.2f} < {threshold:.2f}",
     ),
@@ -158,7 +171,7 @@ UNDER_SPECIALISED = WindowRule(
     "layer",
     "entropy_mean",
     True,
-    lambda E: 0.95 * math.log(E),
+    lambda E: entropy_bounds(E)[1],
     "info",
     "router entropy {value:.2f} nats is near ln E = {threshold:.2f} late in training (under-specialised)",
 )
@@ -316,7 +329,7 @@ def findings(
                     "step_from": start,
                     "step_to": end,
                     "value": max_frac,
-                    "threshold": 0.9,
+                    "threshold": COLLAPSE_MAX_FRAC,
                     "message": f"layer {layer} collapsed{onto} from step {start:,}{until} "
                     f"(busiest expert {max_frac:.0%} of tokens, {active} of {E} experts active)",
                 }

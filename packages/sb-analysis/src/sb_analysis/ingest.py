@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+from sb_runlog import RUN_FILE, TABLES, LogFormatError, TableSpec, read_run_header, read_status, segment_files
 
 from .csv_ingest import FilePlan, FileResult, RowError, file_states, load_plans, plan_file
-from .db import DEFAULT_DB, writable_copy
+from .db import DB_TABLES, DEFAULT_DB, writable_copy
 from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, upsert_staged
-from .logformat import (
-    RUN_FILE,
-    TABLES,
-    LogFormatError,
-    TableSpec,
-    flatten_config,
-    read_run_header,
-    read_status,
-    segment_files,
-)
+from .run_rows import csv_run_row, insert_columns, json_or_none, store_runs, timestamp
 from .views import create_views, refresh_config_view, refresh_run_health
 from .wandb_ingest import (
     WANDB_PATH,
@@ -74,145 +64,6 @@ class IngestReport:
         return 2 if self.row_errors else 0
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True)
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).replace(tzinfo=None)
-    except ValueError:
-        return None
-
-
-def _config_rows(run_id: str, config: dict[str, Any]) -> list[tuple]:
-    rows = []
-    for key, value in flatten_config(config).items():
-        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        kind = {bool: "bool", int: "int", float: "float", str: "string"}.get(type(value), "json")
-        rows.append((run_id, key, json.dumps(value), number, "null" if value is None else kind))
-    return rows
-
-
-def _insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, tuple[str, list]]) -> None:
-    """INSERT many rows in one statement: {column: (duckdb type, values)}."""
-    names = list(columns)
-    select = ", ".join(f"unnest(?::{typ}[]) AS {name}" for name, (typ, _) in columns.items())
-    con.execute(
-        f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM (SELECT {select})",
-        [values for _, values in columns.values()],
-    )
-
-
-RUN_COLUMN_TYPES = {
-    "run_id": "VARCHAR",
-    "source": "VARCHAR",
-    "path": "VARCHAR",
-    "preset": "VARCHAR",
-    "config_hash": "VARCHAR",
-    "config": "JSON",
-    "created_at": "TIMESTAMP",
-    "git_sha": "VARCHAR",
-    "host": "VARCHAR",
-    "world_size": "INTEGER",
-    "device": "VARCHAR",
-    "num_layers": "INTEGER",
-    "num_experts": "INTEGER",
-    "top_k": "INTEGER",
-    "tokens_per_step": "BIGINT",
-    "total_steps": "BIGINT",
-    "state": "VARCHAR",
-    "status": "JSON",
-    "wandb_run_id": "VARCHAR",
-    "wandb_project": "VARCHAR",
-    "format_version": "INTEGER",
-}
-
-
-def _store_runs(
-    con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]
-) -> list[tuple[str, str]]:
-    """Replace the runs' metadata and config; returns (run_id, reason) for runs refused (id clash)."""
-    ids = [row["run_id"] for row in rows]
-    existing = dict(
-        (r[0], (r[1], r[2]))
-        for r in con.execute(
-            "SELECT run_id, source, path FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
-        ).fetchall()
-    )
-    refused = []
-    keep = []
-    for row in rows:
-        old = existing.get(row["run_id"])
-        if old and old[0] != row["source"]:
-            refused.append(
-                (
-                    row["run_id"],
-                    f"run id {row['run_id']!r} is already in the database from a {old[0]} source ({old[1]}); "
-                    "pass --run-id to store this one under another id",
-                )
-            )
-        else:
-            keep.append(row)
-    if not keep:
-        return refused
-    ids = [row["run_id"] for row in keep]
-    con.execute("DELETE FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-    con.execute("DELETE FROM run_config WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-    _insert_columns(
-        con, "runs", {name: (typ, [row.get(name) for row in keep]) for name, typ in RUN_COLUMN_TYPES.items()}
-    )
-    con.execute("UPDATE runs SET ingested_at = now() WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
-    config_rows = [r for run_id in ids for r in _config_rows(run_id, configs.get(run_id) or {})]
-    if config_rows:
-        _insert_columns(
-            con,
-            "run_config",
-            {
-                name: (typ, [r[i] for r in config_rows])
-                for i, (name, typ) in enumerate(
-                    (
-                        ("run_id", "VARCHAR"),
-                        ("key", "VARCHAR"),
-                        ("value", "JSON"),
-                        ("value_num", "DOUBLE"),
-                        ("value_type", "VARCHAR"),
-                    )
-                )
-            },
-        )
-    return refused
-
-
-def _csv_run_row(run_dir: Path, header: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-    wandb = header.get("wandb") or {}
-    return {
-        "run_id": header["run_id"],
-        "source": "csv",
-        "path": str(run_dir.resolve()),
-        "preset": header.get("preset"),
-        "config_hash": header.get("config_hash"),
-        "config": _json_or_none(header.get("config")),
-        "created_at": _timestamp(header.get("created_at")),
-        "git_sha": header.get("git_sha"),
-        "host": header.get("host"),
-        "world_size": header.get("world_size"),
-        "device": header.get("device"),
-        "num_layers": header.get("num_layers"),
-        "num_experts": header.get("num_experts"),
-        "top_k": header.get("top_k"),
-        "tokens_per_step": header.get("tokens_per_step"),
-        "total_steps": header.get("total_steps"),
-        "state": status.get("state", "running"),
-        "status": _json_or_none(status),
-        "wandb_run_id": wandb.get("run_id"),
-        "wandb_project": wandb.get("project"),
-        "format_version": header.get("format_version"),
-    }
-
-
 def ingest_run_dirs(
     con: duckdb.DuckDBPyConnection, run_dirs: Sequence[Path]
 ) -> tuple[list[RunResult], list[tuple[str, str]]]:
@@ -232,9 +83,9 @@ def ingest_run_dirs(
             )
             continue
         runs[header["run_id"]] = (run_dir, header, status)
-    refused = _store_runs(
+    refused = store_runs(
         con,
-        [_csv_run_row(d, h, s) for d, h, s in runs.values()],
+        [csv_run_row(d, h, s) for d, h, s in runs.values()],
         {run_id: h.get("config") or {} for run_id, (_, h, _) in runs.items()},
     )
     for run_id, reason in refused:
@@ -248,7 +99,7 @@ def ingest_run_dirs(
         finished = status.get("state", "running") != "running"
         files = per_run_files.setdefault(run_id, [])
         for spec in TABLES.values():
-            for segment, path in enumerate(segment_files(run_dir, spec)):
+            for segment, path in enumerate(segment_files(run_dir, spec.name)):
                 planned = plan_file(
                     run_id,
                     path,
@@ -267,11 +118,11 @@ def ingest_run_dirs(
     for run_id, files in per_run_files.items():
         result = results[run_id]
         for spec in TABLES.values():
-            result.new_rows.setdefault(spec.db_table, 0)
-            result.replaced_rows.setdefault(spec.db_table, 0)
+            result.new_rows.setdefault(DB_TABLES[spec.name], 0)
+            result.replaced_rows.setdefault(DB_TABLES[spec.name], 0)
         for spec, file_result in files:
-            result.new_rows[spec.db_table] += file_result.new_rows
-            result.replaced_rows[spec.db_table] += file_result.replaced_rows
+            result.new_rows[DB_TABLES[spec.name]] += file_result.new_rows
+            result.replaced_rows[DB_TABLES[spec.name]] += file_result.replaced_rows
             result.errors.extend(file_result.errors)
             if file_result.pending and file_result.pending not in file_result.errors:
                 result.warnings.append(str(file_result.pending))
@@ -316,7 +167,7 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
     n_experts = config.get("num_experts") or config.get("n_experts")
     if n_experts is None and "load" in run.router.columns:
         n_experts = int(run.router["load"].list.len().max())  # type: ignore[arg-type]
-    refused = _store_runs(
+    refused = store_runs(
         con,
         [
             {
@@ -325,15 +176,15 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
                 "path": run.path,
                 "preset": config.get("preset"),
                 "config_hash": None,
-                "config": _json_or_none(config),
-                "created_at": _timestamp(run.created_at),
+                "config": json_or_none(config),
+                "created_at": timestamp(run.created_at),
                 "host": run.host,
                 "num_layers": config.get("num_layers"),
                 "num_experts": n_experts,
                 "top_k": config.get("topk") or config.get("top_k"),
                 "total_steps": config.get("num_iterations") or config.get("total_steps"),
                 "state": run.state,
-                "status": _json_or_none({"state": run.state, "summary": run.summary}),
+                "status": json_or_none({"state": run.state, "summary": run.summary}),
                 "wandb_run_id": run.wandb_id,
                 "wandb_project": run.project,
                 "format_version": None,
@@ -465,7 +316,7 @@ def _store_errors(con: duckdb.DuckDBPyConnection, runs: Sequence[RunResult]) -> 
         "WHERE t.run_id = k.run_id AND t.path = k.path AND t.line IS NOT DISTINCT FROM k.line",
         [[r for r, _ in errors], [e.path for _, e in errors], [e.line for _, e in errors]],
     )
-    _insert_columns(
+    insert_columns(
         con,
         "ingest_errors",
         {

@@ -1,8 +1,10 @@
 """Realistic synthetic run directories (healthy or collapsing routers) for tests, demos and benchmarks.
 
+Test and demo scaffolding, not part of the package's public face: import it as ``sb_analysis.synthetic``.
 The numbers follow the shapes of real SwitchBank logs: a loss that falls from ~10.9 towards ~3, per-layer
 load vectors near 1/E for a healthy router, and, for a collapsing layer, one expert taking >= 95% of the
-assignments from a given step on while the others go idle.
+assignments from a given step on while the others go idle. The files carry every column the format
+declares (sb_runlog.columns), written with sb-runlog's writer; a column left empty is "not measured".
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .logwriter import RunLogWriter
+from sb_runlog import DOMAINS as DOMAIN_TABLE
+from sb_runlog import RunLogWriter, expert_column, expert_columns, new_run_header
+from sb_runlog.columns import LR_PREFIX, ROUTER_COLUMNS, ROUTER_SUMMARY_COLUMNS, SCALARS_COLUMNS
 
 DOMAINS = ("code", "math", "prose")
+LR_GROUPS = ("embed", "attn", "router")
 
 
 @dataclass
@@ -89,67 +94,32 @@ def _layer_row(spec: SyntheticRun, rng: random.Random, step: int, layer: int) ->
         "entropy_mean": entropy,
         "max_logit": 4.0 + rng.random(),
         "aux_loss": 0.01 * (1 + _cv2(load)),
+        "z_loss": 0.0,
         "drop_frac": 0.0,
+        "top1_p_mean": top_p,
+        "max_frac": max(load),
+        "num_active": sum(1 for x in load if x > 0),
+        "live_experts": E,
     }
-    for i in range(E):
-        row[f"load_e{i}"] = load[i]
-    for i in range(E):
-        row[f"demand_e{i}"] = load[i]
-    for i in range(E):
-        row[f"importance_e{i}"] = importance[i]
+    for family, values in (("load", load), ("demand", load), ("importance", importance)):
+        for i, value in enumerate(values):
+            row[expert_column(family, i)] = value
     return row
 
 
 def router_columns(num_experts: int) -> list[str]:
-    base = [
-        "step",
-        "layer",
-        "tokens",
-        "imp_cv2",
-        "load_cv2",
-        "usage_frac",
-        "topk_prob_mean",
-        "imp_entropy",
-        "load_entropy",
-        "entropy_mean",
-        "max_logit",
-        "aux_loss",
-        "drop_frac",
-    ]
-    for family in ("load", "demand", "importance"):
-        base += [f"{family}_e{i}" for i in range(num_experts)]
-    return base
+    """Every declared router.csv column, then the per-expert vectors of ``num_experts`` experts."""
+    return [*ROUTER_COLUMNS, *expert_columns(num_experts)]
 
 
 def scalar_columns(extra_metrics: int = 0) -> list[str]:
-    cols = [
-        "step",
-        "time_ms",
-        "wall_time",
-        "tokens",
-        "loss",
-        "loss_main",
-        "loss_aux",
-        "val_loss",
-        "val_tokens",
-        "lr_embed",
-        "lr_attn",
-        "lr_router",
-        "momentum",
-        "router_temp",
-        "logit_cap",
-        "window_blocks",
-        "active_experts",
-        "router_grad_norm",
-        "router_clip",
-        "router_clipped",
-        "router_imp_cv2",
-        "router_load_cv2",
-        "router_usage_frac",
-        "router_topk_prob_mean",
-        "router_max_logit",
+    """Every declared scalars.csv column, one ``lr_<group>`` per :data:`LR_GROUPS`, and ``metric_NNN``
+    extras (undeclared metrics, DOUBLE by the format's rule)."""
+    return [
+        *SCALARS_COLUMNS,
+        *(LR_PREFIX + group for group in LR_GROUPS),
+        *(f"metric_{i:03d}" for i in range(extra_metrics)),
     ]
-    return cols + [f"metric_{i:03d}" for i in range(extra_metrics)]
 
 
 def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
@@ -165,18 +135,22 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
         "optim": {"lr_embed": 0.3, "lr_muon": 0.05},
         "router": {"temp_init": 1.5, "balance": "aux"},
     }
-    writer = RunLogWriter(
-        run_dir,
+    header = new_run_header(
         spec.run_id,
+        spec.preset,
         config,
-        preset=spec.preset,
         num_layers=spec.num_layers,
         num_experts=spec.num_experts,
+        top_k=1,
         tokens_per_step=spec.tokens_per_step,
         total_steps=spec.steps,
+    )
+    writer = RunLogWriter(
+        run_dir,
+        header,
         scalar_columns=scalar_columns(spec.extra_metrics),
         router_columns=router_columns(spec.num_experts),
-        domain_columns=["step", "layer", "domain", "expert", "tokens"] if spec.domains else None,
+        domain_columns=list(DOMAIN_TABLE.declared) if spec.domains else None,
     )
     time_ms = 0.0
     best = math.inf
@@ -217,6 +191,10 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
                     "momentum": min(0.95, 0.85 + 0.1 * step / 300),
                     "router_temp": 1.5 - 0.5 * progress,
                     "logit_cap": 13.757,
+                    "gumbel_scale": 0.0,
+                    "grad_norm": 0.8 + 0.4 * math.exp(-4.0 * progress),
+                    "peak_mem_mib": 61_440.0,
+                    "tokens_per_s": (step + 1) * spec.tokens_per_step / (time_ms / 1000),
                     "window_blocks": 3 + int(10 * progress),
                     "active_experts": spec.num_experts,
                     "router_grad_norm": 0.5 + rng.random(),
@@ -225,8 +203,9 @@ def write_synthetic_run(root: str | Path, spec: SyntheticRun) -> Path:
                 }
             )
             if router_rows:
-                for key in ("imp_cv2", "load_cv2", "usage_frac", "topk_prob_mean", "max_logit"):
-                    scalars[f"router_{key}"] = sum(r[key] for r in router_rows) / len(router_rows)
+                for column in ROUTER_SUMMARY_COLUMNS:  # router_<x>: the mean over layers of <x>
+                    key = column.removeprefix("router_")
+                    scalars[column] = sum(r[key] for r in router_rows) / len(router_rows)
             for i in range(spec.extra_metrics):
                 scalars[f"metric_{i:03d}"] = rng.random()
         domain_rows = []

@@ -25,28 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
-from .logformat import EXPERT_COLUMN, EXPERT_FAMILIES, ROUTER_COLUMNS, SCALARS_COLUMNS
+from sb_runlog import EXPERT_FAMILIES
+from sb_runlog.columns import ROUTER_COLUMNS, SCALARS_COLUMNS
+from sb_runlog.header_check import EXPERT_COLUMN
+from sb_runlog.wandb_names import scalar_column, split_layer_key
 
 WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+$")
 
-# reference W&B names (spec 5.9) -> scalars.csv columns
-STEP_KEYS: dict[str, str | None] = {
-    "train/loss": "loss",
-    "train/loss_main": "loss_main",
-    "train/loss_aux": "loss_aux",
-    "val/loss": "val_loss",
-    "perf/approx_step_time_ms": "time_ms",
-    "train/tokens_seen": "tokens",
-    "router/temperature": "router_temp",
-    "router/logit_cap": "logit_cap",
-    "_timestamp": "wall_time",
-    "_step": None,
-    "_runtime": None,
-    "train/step": None,
-    "val/step": None,
-}
-LAYER_KEY = re.compile(r"^router_layer/(\d+)/(.+)$")
 POLARS_TYPES = {"BIGINT": pl.Int64, "INTEGER": pl.Int32, "DOUBLE": pl.Float64, "VARCHAR": pl.String}
 
 
@@ -71,24 +56,6 @@ class WandbRun:
     router: pl.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-
-
-def metric_name(key: str) -> str:
-    """A W&B key as a column name: lower case, [a-z0-9_], starting with a letter."""
-    name = re.sub(r"[^a-z0-9_]+", "_", key.lower()).strip("_")
-    if not name or not name[0].isalpha():
-        name = "m_" + name
-    return name
-
-
-def step_column(key: str) -> str | None:
-    if key in STEP_KEYS:
-        return STEP_KEYS[key]
-    if key.startswith("lr/"):
-        return "lr_" + metric_name(key[3:])
-    if key.startswith("router/"):
-        return "router_" + metric_name(key[7:])
-    return metric_name(key)
 
 
 def _number(value: Any) -> float | None:
@@ -123,18 +90,17 @@ def history_to_frames(items: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame,
             number = _number(value)
             if number is None:
                 continue
-            match = LAYER_KEY.match(key)
-            if match:
-                layer = int(match.group(1))
+            layer_value = split_layer_key(key)
+            if layer_value is not None:
+                layer, name = layer_value
                 lrow = layers.setdefault((step, layer), {"step": step, "layer": layer})
-                name = metric_name(match.group(2))
                 expert = EXPERT_COLUMN.match(name)
                 if expert:
                     lrow.setdefault("_" + expert.group(1), {})[int(expert.group(2))] = number
                 else:
                     lrow[name] = number
                 continue
-            column = step_column(key)
+            column = scalar_column(key)
             if column is not None:
                 row[column] = number
     steps_df = _typed_frame(list(steps.values()), SCALARS_COLUMNS)

@@ -36,13 +36,12 @@ from sb_train.autoclip import RouterClip
 from sb_train.checkpoint import CheckpointManager
 from sb_train.code_version import code_version, make_run_id
 from sb_train.config import TrainConfig, micro_tokens, validation_steps
-from sb_train.console import ProgressPrinter
 from sb_train.data_setup import ensure_shards, train_loader, validation_loader
 from sb_train.distributed import DistEnv, GradReducer, barrier, broadcast_parameters, setup_distributed
 from sb_train.logit_stats import LogitStats
+from sb_train.logs import ProgressPrinter, RunLogger
 from sb_train.optimizer import MUON_GROUPS, build_optimizer
 from sb_train.rng_state import capture_rng_state, restore_rng_state
-from sb_train.run_log import RunLogger
 from sb_train.stop_signal import StopSignal, any_rank_requested
 
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from sb_train.console import (
+from sb_train.logs.console import (
     ProgressPrinter,
     format_duration,
     format_progress,

@@ -1,104 +1,20 @@
-"""RunLogger writes run directories that sb-analysis reads back exactly (docs/log-format.md)."""
+"""RunLogger writes run directories that sb-analysis reads back exactly (docs/log-format.md), and W&B runs."""
 
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
-import types
 
 import polars as pl
 import pytest
 import torch
+from run_log_helpers import GROUPS, E, fake_report, ingest_run, make_logger, step_scalars
+from sb_runlog import config_hash
+from sb_runlog.columns import ROUTER_COLUMNS
 
-from sb_analysis import RunDB, ingest, read_offline_run
-from sb_analysis.logwriter import config_hash
-from sb_analysis.wandb_ingest import find_wandb_files
-from sb_model.metrics import RouterMetrics, call_statistics
-from sb_train.run_log import (
-    SCALAR_HEAD,
-    SCALAR_TAIL,
-    RunLogger,
-    WandbSettings,
-    router_columns,
-    scalar_columns,
-)
-
-E = 4
-LAYERS = 2
-GROUPS = ["embed", "muon"]
-FEATURES = ["tok", "flags"]
-
-
-def fake_report(seed: int, capacity: int | None = None, tokens: int = 32, k: int = 1):
-    """A RoutingReport from RouterMetrics fed with random routing calls (two per layer)."""
-    g = torch.Generator().manual_seed(seed)
-    metrics = RouterMetrics(LAYERS, E)
-    for layer in range(LAYERS):
-        for _ in range(2):
-            logits = torch.randn(tokens, E, generator=g) * 2
-            probs = logits.softmax(-1)
-            topk = probs.topk(k, -1).indices
-            demanded = torch.bincount(topk.flatten(), minlength=E).float()
-            served = demanded.clamp(max=capacity) if capacity is not None else demanded
-            scalars, vectors = call_statistics(
-                probs=probs,
-                logits=logits,
-                topk_idx=topk,
-                valid=torch.ones(tokens, k, dtype=torch.bool),
-                live=torch.ones(E, dtype=torch.bool),
-                n_live=torch.tensor(E),
-                demanded_counts=demanded,
-                served_counts=served,
-                aux=torch.tensor(0.01 * (layer + 1)),
-                z_loss=torch.tensor(0.0),
-            )
-            metrics.record(layer, scalars, vectors)
-    router_w = torch.randn(LAYERS, E, 6, generator=g)
-    return metrics.read(router_w, {"tok": (0, 4), "flags": (4, 6)})
-
-
-def make_logger(run_dir, **overrides):
-    kwargs = dict(
-        run_id="test-run",
-        preset="smoke",
-        config={"model": {"num_layers": LAYERS, "num_experts": E}, "seed": 0},
-        num_layers=LAYERS,
-        num_experts=E,
-        top_k=1,
-        tokens_per_step=256,
-        total_steps=4,
-        lr_groups=GROUPS,
-        feature_names=FEATURES,
-        extra_header={"git_sha": "abc123", "git_dirty": True},
-    )
-    kwargs.update(overrides)
-    return RunLogger(run_dir, **kwargs)
-
-
-def step_scalars(step: int, loss: float, **extra):
-    return {
-        "time_ms": 100.0 * (step + 1),
-        "tokens": 256 * (step + 1),
-        "loss": loss,
-        "loss_main": loss - 0.01,
-        "loss_aux": 0.01,
-        "lr_embed": 0.1 / (step + 1),
-        "lr_muon": 0.02,
-        "router_temp": 1.5,
-        "logit_cap": None,
-        "window_blocks": 3,
-        "router_clipped": False,
-        **extra,
-    }
-
-
-def ingest_run(run_dir, tmp_path):
-    db = tmp_path / "runs.duckdb"
-    report = ingest([run_dir], db)
-    assert report.exit_code == 0, (report.failures, [r.errors for r in report.runs])
-    return RunDB(db)
+from sb_model.metrics import SCALAR_KEYS
+from sb_train.logs import WandbSettings
+from sb_train.logs.columns import SCALAR_HEAD, SCALAR_TAIL, router_columns, scalar_columns, statistic_column
 
 
 def test_column_sets_are_fixed():
@@ -108,8 +24,18 @@ def test_column_sets_are_fixed():
     assert cols[-9:] == [f"{f}_e{i}" for f in ("load", "demand", "importance") for i in range(3)]
     with pytest.raises(ValueError, match="cannot be a CSV column"):
         scalar_columns(["Muon lr"])
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(ValueError, match="twice"):
         scalar_columns(["a", "a"])
+
+
+def test_every_bank_statistic_has_a_declared_router_column():
+    """A statistic the bank reports must land in a router.csv column the format declares (none dropped)."""
+    report = fake_report(0)
+    statistics = [key for key in report.per_layer[0] if key != "layer" and not key.startswith("feat_w_")]
+    assert set(statistics) == set(SCALAR_KEYS)
+    for key in SCALAR_KEYS:
+        assert statistic_column(key) in ROUTER_COLUMNS, key
+        assert statistic_column(key) in router_columns(E)
 
 
 def test_run_directory_is_read_back_by_sb_analysis(tmp_path):
@@ -202,7 +128,6 @@ def test_resume_appends_and_later_rows_win(tmp_path):
     for step in range(5):
         val = {"val_loss": {1: 8.0, 4: 8.5}[step]} if step in (1, 4) else {}
         first.log_step(step, step_scalars(step, 10.0 + step, **val), fake_report(step))
-    first.scalars.flush()
     created = json.loads((run_dir / "run.json").read_text())["created_at"]
     with open(run_dir / "scalars.csv", "a") as handle:  # the process was killed mid-line
         handle.write("5,600,17000")
@@ -319,67 +244,3 @@ def test_real_bank_report(tmp_path):
         assert rows["layer"].to_list() == [0, 1]
         for load in rows["load"]:
             assert sum(load) == pytest.approx(1.0)
-
-
-def test_wandb_unavailable_or_failing_falls_back_to_csv(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    logger = make_logger(tmp_path / "a", wandb=WandbSettings(mode="offline"))
-    assert "wandb package is not installed" in capsys.readouterr().err
-    logger.log_step(0, step_scalars(0, 3.0))
-    logger.close()
-
-    def failing_init(**kwargs):
-        raise OSError("no route to host")
-
-    fake = types.SimpleNamespace(init=failing_init, Settings=lambda **kw: kw)
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    logger = make_logger(tmp_path / "b", wandb={"mode": "online", "project": "p"})
-    assert "W&B init failed (OSError: no route to host)" in capsys.readouterr().err
-    logger.log_step(0, step_scalars(0, 3.0))
-    logger.close()
-    assert json.loads((tmp_path / "b" / "run.json").read_text())["wandb"] is None
-    with pytest.raises(ValueError, match="wandb mode"):
-        WandbSettings(mode="disabled")
-
-
-def test_wandb_payload_uses_reference_names():
-    row = {"step": 3, "time_ms": 400.0, "loss": 2.0, "lr_embed": 0.1, "router_temp": 1.2, "momentum": 0.9}
-    layer = {"step": 3, "layer": 1, "imp_cv2": 0.2, "load_e0": 0.5, "tokens": None}
-    payload = RunLogger.wandb_payload(row, [layer], {"router/max_frac_max": 0.4})
-    assert payload == {
-        "router/max_frac_max": 0.4,
-        "perf/approx_step_time_ms": 400.0,
-        "train/loss": 2.0,
-        "lr/embed": 0.1,
-        "router/temperature": 1.2,
-        "momentum": 0.9,
-        "train/step": 3.0,
-        "router_layer/1/imp_cv2": 0.2,
-        "router_layer/1/load_e0": 0.5,
-    }
-
-
-def test_wandb_offline_run_is_readable(tmp_path):
-    run_dir = tmp_path / "run"
-    logger = make_logger(run_dir, wandb=WandbSettings(mode="offline", project="sb-test"))
-    assert logger.wandb_run is not None
-    reports = [fake_report(s) for s in range(3)]
-    for step in range(3):
-        logger.log_step(step, step_scalars(step, 3.0 - step * 0.25), reports[step])
-    logger.close()
-    header = json.loads((run_dir / "run.json").read_text())
-    wb = header["wandb"]
-    assert (
-        wb["mode"] == "offline" and wb["project"] == "sb-test" and wb["dir"].startswith("wandb/offline-run-")
-    )
-    assert (run_dir / wb["dir"]).is_dir()
-    (wandb_file,) = find_wandb_files(run_dir / wb["dir"])
-    run = read_offline_run(wandb_file)
-    assert run.state == "finished" and run.wandb_id == wb["run_id"]
-    assert run.steps["loss"].to_list() == [3.0, 2.75, 2.5]
-    assert run.steps["lr_embed"].to_list() == pytest.approx([0.1, 0.05, 0.1 / 3])
-    assert run.steps["time_ms"].to_list() == [100.0, 200.0, 300.0]
-    srv = reports[2].vectors["frac_srv"][1]
-    last = run.router.filter((pl.col("step") == 2) & (pl.col("layer") == 1)).row(0, named=True)
-    assert last["load"] == pytest.approx([v / sum(srv) for v in srv], rel=1e-6)  # dropless: sums to 1
-    assert not math.isnan(last["imp_cv2"])

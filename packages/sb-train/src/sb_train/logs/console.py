@@ -7,15 +7,17 @@ Progress line (completed steps, so ``step`` index 119 shows as 120, as the refer
 
 (one line; broken here only to fit the page).
 
-Validation line, the reference's format (spec 5.7), printed every time::
+Validation line, the reference's format (docs/design/training.md), printed every time::
 
     step:250/1750 val_loss:3.912345 train_time:117500ms step_avg:470.00ms
 
 The router part reads a :class:`sb_model.metrics.RoutingReport` summary (``router/top1_p_mean``,
 ``router/max_frac_max``, ``router/active_min``, ``router/live_experts``; plain keys without ``router/`` work
-too). The health word uses the router-metrics guide's thresholds on the worst layer: ``collapsed`` when
-max_frac >= 0.9 or at most one expert is active, ``imbalanced`` when max_frac > 0.5, else ``ok``; while the
-expert schedule keeps a single expert live (the planned start of a run) it says ``1 expert live`` instead.
+too). The health word applies the router-health thresholds of sb_runlog.health_thresholds
+(docs/log-format.md §7) to the worst layer: ``collapsed`` by the collapse rule (busiest expert >= 90% or at
+most one expert active), ``imbalanced`` when the busiest expert takes more than the severe-imbalance share
+(50%), else ``ok``; while the expert schedule keeps a single expert live (the planned start of a run) it says
+``1 expert live`` instead.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-COLLAPSE_MAX_FRAC = 0.90
-IMBALANCE_MAX_FRAC = 0.50
+from sb_runlog.health_thresholds import SEVERE_IMBALANCE_MAX_FRAC, is_collapsed
 
 
 def _get(router: Mapping[str, float], key: str) -> float | None:
@@ -73,9 +74,9 @@ def router_health(router: Mapping[str, float]) -> str | None:
         return "1 expert live"
     if max_frac is None and active is None:
         return None
-    if (max_frac is not None and max_frac >= COLLAPSE_MAX_FRAC) or (active is not None and active <= 1):
+    if is_collapsed(max_frac, active):
         return "collapsed"
-    if max_frac is not None and max_frac > IMBALANCE_MAX_FRAC:
+    if max_frac is not None and max_frac > SEVERE_IMBALANCE_MAX_FRAC:
         return "imbalanced"
     return "ok"
 
@@ -124,7 +125,8 @@ def format_progress(
 
 
 def format_validation(step: int, total: int, val_loss: float, train_time_ms: float) -> str:
-    """The reference's validation line (spec 5.7): ``step:{s}/{N} val_loss:… train_time:…ms step_avg:…ms``."""
+    """The reference's validation line (docs/design/training.md):
+    ``step:{s}/{N} val_loss:… train_time:…ms step_avg:…ms``."""
     return (
         f"step:{step}/{total} val_loss:{val_loss:.6f} train_time:{train_time_ms:.0f}ms "
         f"step_avg:{train_time_ms / max(step, 1):.2f}ms"
