@@ -6,7 +6,8 @@ import pytest
 
 from sb_model import GPT, GPTConfig
 from sb_train.config import OptimConfig, load_config
-from sb_train.optimizer import build_optimizer, group_of
+from sb_train.optimizer import build_optimizer
+from sb_train.param_groups import group_of
 
 
 def test_record_groups_match_the_spec():
