@@ -9,11 +9,11 @@ import math
 import pytest
 
 from sb_train.schedules import (
-    active_expert_count,
     RECORD_EXPERT_ACTIVATION_SCHEDULE,
     RECORD_GUMBEL_SCHEDULE,
     ScheduleConfig,
     StepValues,
+    active_expert_count,
     attention_window_blocks,
     lr_multiplier,
     rampdown_multiplier,
@@ -85,9 +85,10 @@ def test_lr_printed_values():
 @pytest.mark.parametrize(
     ("c", "final", "freeze"), [(0.65, 0.0, 0), (0.5, 0.1, 0), (0.3, 0.2, 100), (1.0, 0.0, 0)]
 )
-def test_lr_matches_formula_formula(c, final, freeze):
+def test_lr_matches_the_documented_formula(c, final, freeze):
     for step in [*STEPS, 1800]:
-        assert lr_multiplier(step, N, c, final, freeze) == pytest.approx(formula_lr(step, N, c, final, freeze))
+        expected = formula_lr(step, N, c, final, freeze)
+        assert lr_multiplier(step, N, c, final, freeze) == pytest.approx(expected)
 
 
 def test_lr_freeze_last_steps_holds_value():
@@ -175,7 +176,7 @@ def test_window_printed_values():
     assert all(attention_window_blocks(s, N) == 14 for s in range(600, 1001, 50))
 
 
-def test_window_matches_formula_formula_and_end_step():
+def test_window_matches_the_documented_formula_and_end_step():
     for step in range(0, N + 1, 7):
         assert attention_window_blocks(step, N) == formula_window(step)
         assert attention_window_blocks(step, 3500, end_step=1750) == formula_window(step, 3500, 1750)
@@ -196,7 +197,7 @@ def test_temperature_printed_values():
         assert at(step).temperature == pytest.approx(value, abs=tol)
 
 
-def test_temperature_matches_formula_formula():
+def test_temperature_matches_the_documented_formula():
     for step in STEPS:
         assert at(step).temperature == pytest.approx(formula_temp(step), rel=1e-12)
 
@@ -322,8 +323,8 @@ def test_record_defaults():
 
 
 def test_head_preset_values():
-    """HEAD's preset (docs/design/presets.md): anchor 100, power 2.7417, temperature held from 1750, overlapping Gumbel
-    windows that keep the noise on over [100, 3225)."""
+    """HEAD's preset (docs/design/presets.md): anchor 100, power 2.7417, temperature held from 1750,
+    overlapping Gumbel windows that keep the noise on over [100, 3225)."""
     head = ScheduleConfig(
         num_iterations=3500,
         window_schedule_end_step=1750,

@@ -66,13 +66,15 @@ def test_smoke_trains_and_logs(reference_run, tmp_path):
 
 
 def test_sample_from_checkpoint(reference_run, capsys):
-    from sb_model.cli import main as sb_model_main
+    from sb_train.cli import main
 
     _, run_dir = reference_run
     args = ["sample", str(run_dir), "--prompt", "def ", "--max-new-tokens", "24", "--json"]
-    assert sb_model_main(args) == 0
+    assert main(args) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(row["new_ids"]) == 24 and row["text"].startswith("def ")
+    assert main(["sample", str(run_dir / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_resume_after_sigterm_is_exact(reference_run, smoke_data, tmp_path):
@@ -158,7 +160,7 @@ def test_kill_and_resume_is_bit_exact(reference_run, smoke_data, tmp_path):
     _, ref_dir = reference_run
     kill_at = random.Random().randint(4, 10)
     args = ["--preset", "smoke", *[a for o in smoke_overrides(smoke_data, tmp_path) for a in ("--set", o)]]
-    crashed = launch(args, tmp_path, env_extra={"SB_TRAIN_FAULT_AT_STEP": str(kill_at)})[0]
+    crashed = launch(args, tmp_path, kill_after_step=kill_at)[0]
     assert crashed.returncode == 17, crashed.stdout
     resumed = launch([*args, "--resume", "auto"], tmp_path)[0]
     assert resumed.returncode == 0, resumed.stdout

@@ -240,6 +240,12 @@ def load_config(
     return TrainConfig(**built, preset=preset)
 
 
+def model_config_from_dict(values: Mapping[str, Any]) -> GPTConfig:
+    """The model section recorded in a checkpoint or run.json (``TrainConfig.to_dict()["model"]``) as the
+    :class:`GPTConfig` it was built from (values coerced and checked like a ``[model]`` table)."""
+    return _build(GPTConfig, "model", values)
+
+
 def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set run.seed=1")

@@ -156,7 +156,9 @@ def router_temperature(
     return t_final + (t_init - t_final) * (1.0 - progress) ** power
 
 
-def router_logit_cap(step: int, cap_init: float, cap_final: float, *, delta_steps: int, start_step: int) -> float:
+def router_logit_cap(
+    step: int, cap_init: float, cap_final: float, *, delta_steps: int, start_step: int
+) -> float:
     """Router logit cap: ``cap_init`` until ``start_step``, then a quartic-in-log ramp to ``cap_final`` over
     ``delta_steps``. A cap <= 0 means none (0.0 is returned for "no cap")."""
     if delta_steps <= 0:

@@ -93,8 +93,8 @@ def _anchor_step(schedule: tuple[tuple[int, int], ...]) -> int:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Schedule fields with the record preset's values (docs/design/presets.md). All fields are int, float, bool or
-    tuples of (int, int) pairs; ints are accepted for float fields and lists for tuples (they are
+    """Schedule fields with the record preset's values (docs/design/presets.md). All fields are int, float,
+    bool or tuples of (int, int) pairs; ints are accepted for float fields and lists for tuples (they are
     converted). Invalid values raise ValueError naming the field and the allowed range."""
 
     num_iterations: int = 1750
