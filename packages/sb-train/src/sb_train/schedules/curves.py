@@ -11,19 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = [
-    "active_expert_count",
-    "attention_window_blocks",
-    "gumbel_active",
-    "lr_multiplier",
-    "momentum_warmup",
-    "normalize_activation_schedule",
-    "rampdown_multiplier",
-    "router_logit_cap",
-    "router_temperature",
-    "second_expert_step",
-]
-
 
 # ------------------------------------------------------------------------------------------ optimizer
 def lr_multiplier(

@@ -25,18 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sb_train.param_groups import ADAPTER, ROUTER, SHARED_FFN
-from sb_train.schedules.curves import (
-    active_expert_count,
-    attention_window_blocks,
-    gumbel_active,
-    lr_multiplier,
-    momentum_warmup,
-    normalize_activation_schedule,
-    rampdown_multiplier,
-    router_logit_cap,
-    router_temperature,
-    second_expert_step,
-)
+from sb_train.schedules import curves
 
 __all__ = [
     "RECORD_EXPERT_ACTIVATION_SCHEDULE",
@@ -83,12 +72,12 @@ class StepValues:
 def _normalized_activation(
     schedule: tuple[tuple[int, int], ...], num_experts: int
 ) -> tuple[tuple[int, int], ...]:
-    return normalize_activation_schedule(schedule, num_experts)
+    return curves.normalize_activation_schedule(schedule, num_experts)
 
 
 @functools.lru_cache(maxsize=64)
 def _anchor_step(schedule: tuple[tuple[int, int], ...]) -> int:
-    return second_expert_step(schedule)
+    return curves.second_expert_step(schedule)
 
 
 @dataclass(frozen=True)
@@ -178,23 +167,25 @@ class ScheduleConfig:
         n = self.num_iterations
         anchor = _anchor_step(self.expert_activation_schedule)
         progress = step / n
-        router_mult = rampdown_multiplier(progress, self.router_lr_reduce_start_frac, self.router_freeze_frac)
+        router_mult = curves.rampdown_multiplier(progress, self.router_lr_reduce_start_frac,
+                                                 self.router_freeze_frac)
         router_frozen = progress >= self.router_freeze_frac
         return StepValues(
             step=step,
-            lr_mult=lr_multiplier(step, n, self.cooldown_frac, self.lr_final_mult, self.lr_freeze_last_steps),
+            lr_mult=curves.lr_multiplier(step, n, self.cooldown_frac, self.lr_final_mult,
+                                         self.lr_freeze_last_steps),
             group_mult={
                 ROUTER: router_mult,
                 ADAPTER: router_mult if self.router_freeze_adapters else 1.0,
-                SHARED_FFN: rampdown_multiplier(
+                SHARED_FFN: curves.rampdown_multiplier(
                     progress, self.shared_ffn_lr_reduce_start_frac, self.shared_ffn_freeze_frac
                 ),
             },
-            momentum=momentum_warmup(step, self.momentum_warmup_steps, self.momentum_warmup_start,
+            momentum=curves.momentum_warmup(step, self.momentum_warmup_steps, self.momentum_warmup_start,
                                      self.muon_momentum),
-            window_blocks=attention_window_blocks(step, n, max_window_tokens, block_size,
+            window_blocks=curves.attention_window_blocks(step, n, max_window_tokens, block_size,
                                                   self.window_schedule_end_step),
-            temperature=router_temperature(
+            temperature=curves.router_temperature(
                 step,
                 n,
                 self.router_temp_init,
@@ -205,20 +196,20 @@ class ScheduleConfig:
                 start_step=anchor,
                 end_step=self.router_temp_schedule_end_step,
             ),
-            logit_cap=router_logit_cap(
+            logit_cap=curves.router_logit_cap(
                 step,
                 self.router_logit_cap_initial,
                 self.router_logit_cap_final,
                 delta_steps=self.router_logit_cap_delta_steps,
                 start_step=anchor,
             ),
-            gumbel=gumbel_active(
+            gumbel=curves.gumbel_active(
                 step,
                 self.router_gumbel_schedule,
                 n,
                 enabled=self.router_use_gumbel and (self.gumbel_in_eval or not evaluation),
             ),
-            active_experts=active_expert_count(
+            active_experts=curves.active_expert_count(
                 step, _normalized_activation(self.expert_activation_schedule, num_experts), num_experts
             ),
             router_frozen=router_frozen,
