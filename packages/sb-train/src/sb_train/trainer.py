@@ -3,10 +3,10 @@
 One optimizer step ``s`` of :meth:`Trainer.run`:
 
 1. the schedule values of ``s`` (:mod:`sb_train.schedules`) go into the model's schedule *tensors* (no
-   recompiles) and the optimizer's groups (LR, momentum); freezes and head untying when the schedule says so;
+   recompiles) and the optimizer's groups (LR, momentum); head untying when the schedule says so;
 2. a validation at the top of the step when it is due (untimed; deterministic: no Gumbel noise);
-3. ``grad_accum_steps`` micro-batches of forward + backward of (CE + aux) / accum, loss sums kept on the
-   device;
+3. the shared-FFN freeze when due, then ``grad_accum_steps`` micro-batches of forward + backward of
+   (CE + aux) / accum, loss sums kept on the device;
 4. the fixed, bucketed gradient all-reduce; the router-only clip (AutoClip, on the device); ``opt.step()``;
 5. at logging steps only, one host copy of the step's numbers (losses, clip, router metrics) — a non-finite
    loss stops the run there, before any checkpoint of the bad state is written.
@@ -80,8 +80,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ schedule
     def apply_schedule(self, step: int, evaluation: bool = False) -> StepValues:
-        """Hand the schedule values of ``step`` to the model (tensors, head untying, freezes) and, for
-        training, to the optimizer's groups."""
+        """Hand the schedule values of ``step`` to the model (tensors, head untying) and, for training, to
+        the optimizer's groups."""
         mcfg, model = self.cfg.model, self.model
         v = self.cfg.schedule.at(step, num_experts=mcfg.num_experts, max_window_tokens=mcfg.max_window_tokens,
                                  block_size=mcfg.block_size, evaluation=evaluation)
@@ -97,7 +97,6 @@ class Trainer:
         if v.head_untied:
             model.untie_lm_head()
         if not evaluation:
-            self._freeze_block_stack(v.ffn_frozen)
             self.progress.routing = {"temperature": v.temperature, "logit_cap": v.logit_cap,
                                      "active_experts": v.active_experts, "window_blocks": v.window_blocks}
             for g in self.opt.param_groups:
@@ -190,6 +189,7 @@ class Trainer:
     def train_step(self, step: int, values: StepValues) -> dict[str, torch.Tensor]:
         parts = self.parts
         accum = self.cfg.data.grad_accum_steps
+        self._freeze_block_stack(values.ffn_frozen)  # here, not in apply_schedule: only steps that train
         self.opt.zero_grad(set_to_none=True)
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
