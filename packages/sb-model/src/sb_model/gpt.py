@@ -147,7 +147,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def set_window_blocks(self, long_blocks: int) -> None:
-        """Long attention window in blocks (see ``attention_window_blocks``); the short one is half of it."""
+        """Long attention window in blocks (a schedule value the trainer sets); the short one is half."""
         if long_blocks < 0:
             raise ValueError(f"window size must be >= 0 blocks (got {long_blocks})")
         self.window_blocks.fill_(int(long_blocks))
