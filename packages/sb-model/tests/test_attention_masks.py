@@ -1,4 +1,4 @@
-"""Document-causal sliding-window masks: the token rule, the reference-style BlockMask, and the schedule."""
+"""Document-causal sliding-window masks: the token rule and the reference-style BlockMask."""
 
 import warnings
 
@@ -7,7 +7,6 @@ import torch
 
 from sb_model.attention_masks import (
     FLEX_AVAILABLE,
-    attention_window_blocks,
     block_layout,
     block_mask_to_dense,
     dense_attention_mask,
@@ -135,30 +134,6 @@ def test_flex_attention_agrees_with_sdpa_dense_mask():
 def test_flex_path_needs_whole_blocks():
     with pytest.raises(ValueError, match="multiple of block_size"):
         block_layout(torch.zeros(1, 100, dtype=torch.int32), 16)
-
-
-def test_window_schedule_matches_reference_values():
-    # derived record values (spec 2.5): step -> long window in blocks
-    expected = {
-        0: 1,
-        50: 3,
-        100: 5,
-        200: 8,
-        300: 10,
-        600: 14,
-        1000: 14,
-        1200: 15,
-        1400: 17,
-        1500: 19,
-        1600: 22,
-        1700: 25,
-        1750: 27,
-    }
-    got = {s: attention_window_blocks(s, 1750) for s in expected}
-    assert got == expected
-    # HEAD option: full window at the end step, held afterwards
-    assert attention_window_blocks(1750, 3500, end_step=1750) == 27
-    assert attention_window_blocks(3000, 3500, end_step=1750) == 27
 
 
 def test_long_window_layers_rule():

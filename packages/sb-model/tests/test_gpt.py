@@ -169,23 +169,31 @@ def test_flex_and_sdpa_models_agree():
     torch.testing.assert_close(flex, sdpa, atol=1e-4, rtol=1e-4)
 
 
-def test_untie_at_step():
-    model = _tiny(tie_lm_head=True, untie_lm_head_step=5)
+def test_untie_lm_head_copies_once_and_survives_a_state_dict_round_trip():
+    model = _tiny(tie_lm_head=True, untie_lm_head_later=True)
     assert model.head_weight is model.embed.weight
     tok = _tokens()
-    assert not model.update_head_tying(4)
     model(tok, tok).loss.backward()
     assert model.lm_head.grad is None  # tied: the head is the embedding
-    assert model.update_head_tying(5)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    model.untie_lm_head()
+    assert model.head_weight is model.lm_head
     torch.testing.assert_close(model.lm_head, model.embed.weight)
     with torch.no_grad():
         model.embed.weight.add_(1.0)
-    assert model.update_head_tying(6) and not torch.equal(model.lm_head, model.embed.weight)  # copied once
+    model.untie_lm_head()
+    assert not torch.equal(model.lm_head, model.embed.weight)  # copied once
     model.zero_grad()
     model(tok, tok).loss.backward()
     assert model.lm_head.grad is not None
-    assert not model.update_head_tying(0) and model.head_weight is model.embed.weight  # re-tie, no copy
-    assert bool(model.state_dict()["lm_head_copied"])
+    restored = _tiny(tie_lm_head=True, untie_lm_head_later=True)
+    restored.load_state_dict(model.state_dict())
+    assert restored.head_weight is restored.lm_head  # the untied state comes back with the weights
+    torch.testing.assert_close(restored(tok).logits, model(tok).logits)
+    model.load_state_dict(fresh)
+    assert model.head_weight is model.embed.weight  # a state from before the untie is tied again
+    with pytest.raises(RuntimeError, match="untie_lm_head_later"):
+        _tiny(tie_lm_head=True).untie_lm_head()
 
 
 def test_tied_head_counts_no_extra_parameters():
@@ -221,7 +229,7 @@ def test_dense_variant_has_equal_active_ffn_parameters():
         (dict(head_dim=12), "multiple of head_dim"),
         (dict(layer_tie_groups=((0, 2),)), "skip-attention"),
         (dict(layer_tie_groups=((0, 1), (1, 3))), "overlap"),
-        (dict(untie_lm_head_step=3), "tie_lm_head=True"),
+        (dict(untie_lm_head_later=True), "tie_lm_head=True"),
         (dict(skip_map=((1, 3),)), "src < dest"),
         (dict(attention="xformers"), "auto|flex|sdpa"),
         (dict(num_value_embeds=4), "0..3"),

@@ -1,4 +1,5 @@
-"""sb_train.autoclip: router-only clipping with AutoClip (spec 5.6) without host syncs, fixing spec 7.4."""
+"""sb_train.autoclip: router-only clipping (docs/design/optimizer.md) without host syncs, skipping steps
+without router gradients (docs/design/deviations.md D4)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_bf16_grads_match_clip_grad_norm_closely():
 
 def test_none_grad_steps_never_enter_the_history():
     """The record's collapse: 75 router-less steps used to put 75 zeros in a 250-window, so the 10th
-    percentile was 0 and the clip 1e-6 (spec 5.6). Here those steps are skipped."""
+    percentile was 0 and the clip 1e-6 (docs/design/optimizer.md). Here those steps are skipped."""
     clip = RouterClip()  # record settings: window 250, q = 0.10
     params = make_params()
     for _ in range(75):

@@ -29,7 +29,7 @@ def test_record_preset_is_the_reference():
     assert GPT(GPTConfig.record(), device="meta").parameter_counts()["total"] == 282_395_148
     assert cfg.schedule.num_iterations == 1750
     assert micro_tokens(cfg.data, cfg.model.block_size) == 12288
-    # 8 ranks x 12,288 tokens = 98,304 tokens per step; validation budgets as in spec 1.2
+    # 8 ranks x 12,288 tokens = 98,304 tokens per step; validation budgets as in docs/design/presets.md
     d = cfg.data
     assert validation_steps(d.val_tokens_intermediate, d.val_tokens, 8, d.val_seq_len) == 4
     assert validation_steps(d.val_tokens_final, d.val_tokens, 8, d.val_seq_len) == 160

@@ -1,4 +1,4 @@
-"""sb_train.logit_stats against a plain transcription of the spec 5.9 formulas."""
+"""sb_train.logit_stats against a plain transcription of the formulas in docs/log-format.md."""
 
 from __future__ import annotations
 

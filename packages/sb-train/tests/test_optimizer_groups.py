@@ -1,4 +1,4 @@
-"""The optimizer groups of the record model (spec 3.1), built on the meta device (no memory)."""
+"""The optimizer groups of the record model (docs/design/optimizer.md), built on the meta device."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 
 from sb_model import GPT, GPTConfig
 from sb_train.config import OptimConfig, load_config
-from sb_train.optimizer import build_optimizer, group_of
+from sb_train.optimizer import build_optimizer
+from sb_train.param_groups import group_of
 
 
-def test_record_groups_match_the_spec():
+def test_record_groups_match_the_reference():
     model = GPT(GPTConfig.record(), device="meta")
     opt = build_optimizer(model, load_config("record").optim)
     groups = {g["name"]: g for g in opt.param_groups}

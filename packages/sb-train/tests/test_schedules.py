@@ -1,5 +1,5 @@
-"""sb_train.schedules against the spec's printed values (spec 2.5, 2.9, 3.6, 5.4, 2.12) and against plain
-transcriptions of the spec formulas."""
+"""sb_train.schedules against the values printed in docs/design/schedules.md and docs/design/model.md
+(attention window) and against plain transcriptions of the documented formulas."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from sb_model.schedules import active_expert_count
 from sb_train.schedules import (
     RECORD_EXPERT_ACTIVATION_SCHEDULE,
     RECORD_GUMBEL_SCHEDULE,
     ScheduleConfig,
     StepValues,
+    active_expert_count,
     attention_window_blocks,
     lr_multiplier,
     rampdown_multiplier,
@@ -29,10 +29,10 @@ def at(step: int, cfg: ScheduleConfig = RECORD, **kw) -> StepValues:
     return cfg.at(step, num_experts=8, **kw)
 
 
-# ---- plain transcriptions of the spec's formulas ------------------------------------------------------
+# ---- plain transcriptions of the documented formulas ------------------------------------------------------
 
 
-def spec_lr(step, n=N, c=0.65, final=0.0, freeze=0):
+def formula_lr(step, n=N, c=0.65, final=0.0, freeze=0):
     s = min(step, n - freeze)
     x = min(max(s / n, 0.0), 1.0)
     if x < 1 - c:
@@ -41,7 +41,7 @@ def spec_lr(step, n=N, c=0.65, final=0.0, freeze=0):
     return 1 - t * (1 - final)
 
 
-def spec_window(step, n=N, end=0):
+def formula_window(step, n=N, end=0):
     s, nn = (min(step, end), min(n, end)) if end > 0 else (step, n)
     x = s / nn
     f = 4 * x**3 - 6 * x**2 + 3 * x
@@ -51,7 +51,7 @@ def spec_window(step, n=N, end=0):
     return tokens // 128
 
 
-def spec_temp(step, n=N, t0=1.464, t1=0.93744, da=284, rho=0.49, s0=75):
+def formula_temp(step, n=N, t0=1.464, t1=0.93744, da=284, rho=0.49, s0=75):
     if step <= s0:
         return t0
     n2 = max(n - s0, 1)
@@ -61,7 +61,7 @@ def spec_temp(step, n=N, t0=1.464, t1=0.93744, da=284, rho=0.49, s0=75):
     return t1 + (t0 - t1) * (1 - progress) ** power
 
 
-def spec_cap(step, c0=1.166, c1=13.757, delta=237, s0=75):
+def formula_cap(step, c0=1.166, c1=13.757, delta=237, s0=75):
     if step < s0:
         return c0
     frac = min(max((step - s0) / delta, 0.0), 1.0)
@@ -85,14 +85,15 @@ def test_lr_printed_values():
 @pytest.mark.parametrize(
     ("c", "final", "freeze"), [(0.65, 0.0, 0), (0.5, 0.1, 0), (0.3, 0.2, 100), (1.0, 0.0, 0)]
 )
-def test_lr_matches_spec_formula(c, final, freeze):
+def test_lr_matches_the_documented_formula(c, final, freeze):
     for step in [*STEPS, 1800]:
-        assert lr_multiplier(step, N, c, final, freeze) == pytest.approx(spec_lr(step, N, c, final, freeze))
+        expected = formula_lr(step, N, c, final, freeze)
+        assert lr_multiplier(step, N, c, final, freeze) == pytest.approx(expected)
 
 
 def test_lr_freeze_last_steps_holds_value():
     held = lr_multiplier(1650, N, 0.65, 0.0, 100)
-    assert held == pytest.approx(spec_lr(1650))
+    assert held == pytest.approx(formula_lr(1650))
     assert all(lr_multiplier(s, N, 0.65, 0.0, 100) == held for s in range(1650, 1751))
 
 
@@ -103,7 +104,7 @@ def test_lr_without_cooldown_stays_one():
 def test_lr_multiplier_applies_to_every_group():
     v = at(1000)
     for group in ("attn", "muon", "embed", "head", "scalar"):
-        assert v.lr_for(group) == v.lr_mult == pytest.approx(spec_lr(1000))
+        assert v.lr_for(group) == v.lr_mult == pytest.approx(formula_lr(1000))
 
 
 # ---- rampdowns and freezes ----------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def test_freezes_only_at_progress_ge_frac():
 
 
 def test_head_untie_schedule():
-    assert at(0).head_untied is None
+    assert at(0).head_untied is False and at(N).head_untied is False  # no untie schedule
     cfg = ScheduleConfig(untie_lm_head_frac=0.3)  # int(0.3 * 1750) = 525
     assert at(524, cfg).head_untied is False and at(525, cfg).head_untied is True
 
@@ -175,10 +176,10 @@ def test_window_printed_values():
     assert all(attention_window_blocks(s, N) == 14 for s in range(600, 1001, 50))
 
 
-def test_window_matches_spec_formula_and_end_step():
+def test_window_matches_the_documented_formula_and_end_step():
     for step in range(0, N + 1, 7):
-        assert attention_window_blocks(step, N) == spec_window(step)
-        assert attention_window_blocks(step, 3500, end_step=1750) == spec_window(step, 3500, 1750)
+        assert attention_window_blocks(step, N) == formula_window(step)
+        assert attention_window_blocks(step, 3500, end_step=1750) == formula_window(step, 3500, 1750)
     assert attention_window_blocks(3000, 3500, end_step=1750) == 27
     assert ScheduleConfig(num_iterations=3500, window_schedule_end_step=1750).at(
         2000, num_experts=8).window_blocks == 27
@@ -196,9 +197,9 @@ def test_temperature_printed_values():
         assert at(step).temperature == pytest.approx(value, abs=tol)
 
 
-def test_temperature_matches_spec_formula():
+def test_temperature_matches_the_documented_formula():
     for step in STEPS:
-        assert at(step).temperature == pytest.approx(spec_temp(step), rel=1e-12)
+        assert at(step).temperature == pytest.approx(formula_temp(step), rel=1e-12)
 
 
 def test_temperature_schedule_end_step_holds_final():
@@ -216,7 +217,7 @@ def test_logit_cap_printed_values():
     for step in (312, 500, 1750):
         assert at(step).logit_cap == pytest.approx(13.757)
     for step in STEPS:
-        assert at(step).logit_cap == pytest.approx(spec_cap(step), rel=1e-12)
+        assert at(step).logit_cap == pytest.approx(formula_cap(step), rel=1e-12)
 
 
 def test_logit_cap_disabled():
@@ -322,8 +323,8 @@ def test_record_defaults():
 
 
 def test_head_preset_values():
-    """HEAD's preset (spec 1.1): anchor 100, power 2.7417, temperature held from 1750, overlapping Gumbel
-    windows that keep the noise on over [100, 3225)."""
+    """HEAD's preset (docs/design/presets.md): anchor 100, power 2.7417, temperature held from 1750,
+    overlapping Gumbel windows that keep the noise on over [100, 3225)."""
     head = ScheduleConfig(
         num_iterations=3500,
         window_schedule_end_step=1750,

@@ -32,7 +32,7 @@ def test_two_processes_kill_and_resume_is_bit_exact(smoke_data, tmp_path):
 
     kill_at = random.Random().randint(4, 10)
     crashed = launch(_args(smoke_data, out), tmp_path, world_size=2,
-                     env_extra={"SB_TRAIN_FAULT_AT_STEP": str(kill_at)})
+                     kill_after_step=kill_at)
     assert [r.returncode for r in crashed] == [17, 17], crashed[0].stdout
     resumed = launch([*_args(smoke_data, out), "--resume", "auto"], tmp_path, world_size=2)
     assert [r.returncode for r in resumed] == [0, 0], resumed[0].stdout + resumed[1].stdout

@@ -52,17 +52,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], cwd: Path, world_size: int = 1, env_extra: dict[str, str] | None = None,
+FAULT_WORKER = Path(__file__).with_name("fault_worker.py")
+
+
+def launch(args: list[str], cwd: Path, world_size: int = 1, kill_after_step: int | None = None,
            timeout: float = 400) -> list[subprocess.CompletedProcess]:
-    """Run ``python -m sb_train ARGS`` as ``world_size`` processes (torchrun's environment, gloo)."""
+    """Run ``python -m sb_train ARGS`` as ``world_size`` processes (torchrun's environment, gloo); with
+    ``kill_after_step`` every process dies (exit code 17) right after that step (tests/fault_worker.py)."""
     port = str(free_port())
+    entry = ["-m", "sb_train"] if kill_after_step is None else [str(FAULT_WORKER), str(kill_after_step)]
     procs = []
     for rank in range(world_size):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+        env = dict(os.environ, OMP_NUM_THREADS="1")
         if world_size > 1:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "sb_train", *args], cwd=cwd, env=env,
+        procs.append(subprocess.Popen([sys.executable, *entry, *args], cwd=cwd, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     results = []
     for p in procs:

@@ -47,30 +47,6 @@ def document_ids(tokens: Tensor, eod_token_id: int = 50256) -> Tensor:
     return torch.cumsum((tokens == eod_token_id).to(torch.int32), dim=1, dtype=torch.int32)
 
 
-def attention_window_blocks(
-    step: int,
-    num_iterations: int,
-    *,
-    max_window_tokens: int = 3456,
-    block_size: int = 128,
-    end_step: int | None = None,
-) -> int:
-    """Long-window size in blocks at ``step`` (the reference's ``get_window_size_blocks``): with
-    x = step / num_iterations, the window grows as f(x) = 4x³ - 6x² + 3x from 1 block to
-    ceil(max_window_tokens / block_size) blocks, rounded up to whole blocks. ``end_step`` > 0 (the
-    HEAD option)
-    reaches the full window at that step and holds it. The short window is ``long // 2``."""
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
-    s, n = step, num_iterations
-    if end_step is not None and end_step > 0:
-        s, n = min(step, end_step), min(num_iterations, end_step)
-    x = min(max(s / n, 0.0), 1.0)
-    f = 4 * x**3 - 6 * x**2 + 3 * x
-    tokens = math.ceil(max_window_tokens * f / block_size) * block_size
-    return max(tokens // block_size, 1)
-
-
 def long_window_layers(num_layers: int) -> tuple[int, ...]:
     """Layers that use the long window (the reference's rule): every 4th layer from 0 for 28 and 32 layers,
     otherwise ``range(0, L, max(L // 4, 1))``."""

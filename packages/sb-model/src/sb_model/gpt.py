@@ -88,7 +88,7 @@ class GPT(nn.Module):
         # lambdas (λ_v, λ_ve)
         self.scalars = nn.Parameter(torch.empty(5 * L, dtype=torch.float32, device=device))
         self.lm_head = None
-        if not cfg.tie_lm_head or cfg.untie_lm_head_step is not None:
+        if not cfg.tie_lm_head or cfg.untie_lm_head_later:
             self.lm_head = nn.Parameter(torch.empty(V, d, **kw))
         self._ve_layers = cfg.value_embed_layers()
         self._skips = cfg.skip_connections
@@ -111,9 +111,10 @@ class GPT(nn.Module):
         self.register_buffer(
             "sched_adapters_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False
         )
-        # tie/untie state: the copy happens once; the buffer makes it survive a checkpoint
+        # untie state: set by untie_lm_head(); the buffer makes it survive a checkpoint (see the load hook)
         self.register_buffer("lm_head_copied", torch.zeros((), dtype=torch.bool, device=device))
         self._head_untied = not cfg.tie_lm_head
+        self.register_load_state_dict_post_hook(_read_head_tying)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -146,27 +147,24 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def set_window_blocks(self, long_blocks: int) -> None:
-        """Long attention window in blocks (see ``attention_window_blocks``); the short one is half of it."""
+        """Long attention window in blocks (a schedule value the trainer sets); the short one is half."""
         if long_blocks < 0:
             raise ValueError(f"window size must be >= 0 blocks (got {long_blocks})")
         self.window_blocks.fill_(int(long_blocks))
 
     @torch.no_grad()
-    def update_head_tying(self, step: int) -> bool:
-        """Apply the untie schedule at ``step`` (host side, call before the forward). With
-        ``untie_lm_head_step`` set, the first call at or after that step copies the embedding into ``lm_head``
-        (once) and the head is untied from then on; a call before it uses the tied embedding again (no copy).
-        Returns whether the head is untied. Flipping it recompiles a compiled model once."""
-        cfg = self.config
-        if not cfg.tie_lm_head or cfg.untie_lm_head_step is None:
-            return self._head_untied
-        untie = step >= cfg.untie_lm_head_step
-        if untie and not bool(self.lm_head_copied):
-            assert self.lm_head is not None
-            self.lm_head.copy_(self.embed.weight)
-            self.lm_head_copied.fill_(True)
-        self._head_untied = untie
-        return untie
+    def untie_lm_head(self) -> None:
+        """Give a tied head its own weights from now on: the first call copies the embedding into
+        ``lm_head``, later calls do nothing. The trainer calls it when its schedule says so; a checkpoint
+        keeps the untied state. Needs ``untie_lm_head_later`` (which allocates ``lm_head``). Flipping it
+        recompiles a compiled model once."""
+        if self._head_untied:
+            return
+        if self.lm_head is None:
+            raise RuntimeError("untie_lm_head() needs a model built with untie_lm_head_later=True")
+        self.lm_head.copy_(self.embed.weight)
+        self.lm_head_copied.fill_(True)
+        self._head_untied = True
 
     @property
     def head_weight(self) -> Tensor:
@@ -418,3 +416,9 @@ class GPT(nn.Module):
         if c["other"]:
             lines.append(f"other (unclassified): {f(c['other'])}")
         return "\n".join(lines)
+
+
+def _read_head_tying(model: GPT, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: the head is untied iff the model is untied by construction or the loaded
+    state says ``untie_lm_head()`` ran."""
+    model._head_untied = not model.config.tie_lm_head or bool(model.lm_head_copied)

@@ -50,7 +50,7 @@ class GPTConfig:
     layer_tie_groups: tuple[tuple[int, ...], ...] = ()  # layers sharing attention and adapters
     # Head
     tie_lm_head: bool = False
-    untie_lm_head_step: int | None = None  # tied head becomes a separate copy at this step
+    untie_lm_head_later: bool = False  # tied head with its own weights ready for GPT.untie_lm_head()
     logit_softcap: float = 15.0
     eod_token_id: int = 50256
     # FFN: the shared bank (or a dense per-layer FFN of the same active size, for baselines)
@@ -131,8 +131,8 @@ class GPTConfig:
             seen |= set(group)
         need(self.logit_softcap >= 0, f"logit_softcap must be >= 0 (0 disables it), got {self.logit_softcap}")
         need(
-            self.untie_lm_head_step is None or self.tie_lm_head,
-            "untie_lm_head_step needs tie_lm_head=True (an untied head has nothing to untie)",
+            not self.untie_lm_head_later or self.tie_lm_head,
+            "untie_lm_head_later needs tie_lm_head=True (an untied head has nothing to untie)",
         )
         need(
             self.router_boost_shape in ("peak", "valley", "linear_start", "linear_end"),

@@ -1,4 +1,4 @@
-"""Router-only gradient clipping with AutoClip (spec 5.6), kept on the device.
+"""Router-only gradient clipping with AutoClip (docs/design/optimizer.md), kept on the device.
 
 Each optimizer step, after the gradients are reduced, :meth:`RouterClip.clip_` measures the L2 norm
 over all router gradients, scales them by ``min(1, clip / (norm + 1e-6))`` (exactly what
@@ -13,13 +13,14 @@ Where we differ from the reference on purpose:
   because the host knows when a step had router gradients. The reference called ``float(...)`` on the norm
   and rebuilt a CPU tensor from a deque every step.
 * A step whose router gradients are all ``None`` (the single-expert phase, where the router does not run)
-  is neither clipped nor recorded (spec 7.4). The reference appended a norm of 0.0 for those steps, which
-  drove the 10th percentile to 0 and the clip to 1e-6 for about 50 steps (record steps 250-299).
+  is neither clipped nor recorded (docs/design/deviations.md D4). The reference appended a norm of 0.0 for
+  those steps, which drove the 10th percentile to 0 and the clip to 1e-6 for about 50 steps (record steps
+  250-299).
 * A non-finite norm is recorded as NaN and ignored by the quantile (``nanquantile``); the reference let a NaN
   into its quantile. (Its gradients still become non-finite, as with ``clip_grad_norm_``; the trainer's abort
   checks handle that.)
 * The history, counters and threshold are part of :meth:`state_dict`, so a resumed run clips identically
-  (spec 7.24).
+  (docs/design/deviations.md D24).
 """
 
 from __future__ import annotations

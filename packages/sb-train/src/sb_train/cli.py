@@ -5,15 +5,22 @@
     torchrun --nproc_per_node=8 -m sb_train --preset record  # the record configuration on 8 GPUs
     sb-train --preset record --print-config                  # the resolved configuration as TOML
     sb-train --preset tiny --resume auto                     # continue the newest run of this preset
+    sb-train sample runs/<run-id> --prompt "def "            # text from the newest checkpoint of a run
+
+``sample`` as the first argument runs :mod:`sb_train.sample`; anything else trains.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from sb_train.config import ConfigError, TrainConfig, load_config, preset_names
+
+if TYPE_CHECKING:
+    from sb_train.callbacks import TrainerCallback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sb-train",
         description="Train a SwitchBank GPT (one shared bank of FFN experts routed from every layer).",
         epilog="Presets: " + ", ".join(preset_names()) + ". Keys: see --print-config; set any with "
-        "--set section.key=value (sections: model, data, optim, schedule, run).",
+        "--set section.key=value (sections: model, data, optim, schedule, run). "
+        "Generate text from a run: sb-train sample RUN_OR_CHECKPOINT --prompt TEXT (see sb-train sample -h).",
     )
     p.add_argument("--preset", default="tiny", help="configuration preset (default: tiny)")
     p.add_argument("--config", action="append", default=[], metavar="FILE.toml",
@@ -51,7 +59,14 @@ def _toml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, callbacks: Iterable[TrainerCallback] = ()) -> int:
+    """``sb-train [--preset ...]`` trains (with ``callbacks`` installed in the trainer); ``sb-train sample
+    ...`` generates text. Exit codes: 0 done, 2 usage/configuration/checkpoint error, 3 run aborted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sample"]:
+        from sb_train.sample import main as sample_main
+
+        return sample_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
@@ -61,13 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
+    from sb_train.checkpoint import CheckpointError
     from sb_train.distributed import teardown_distributed
     from sb_train.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, callbacks=callbacks)
         result = trainer.run()
-    except (FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"sb-train: {exc}", file=sys.stderr)
         teardown_distributed()
         return 2

@@ -8,10 +8,11 @@ A configuration is a :class:`TrainConfig` with the sections
 - ``schedule`` — :class:`sb_train.schedules.ScheduleConfig` (LR, momentum, window and router schedules);
 - ``run``      — :class:`RunConfig` (device, compile, logging, validation, checkpoints, W&B).
 
-The dataclass defaults are the record's values (spec 1.1). A preset is a TOML file in ``sb_train/presets``
-that overrides some of them; ``--config FILE.toml`` and ``--set section.key=value`` are applied on top, in
-that order. Every key is checked: unknown keys are refused with the closest matches, and values are coerced
-to the field's declared type (``"4"`` is refused for a float only if it cannot be read as one).
+The dataclass defaults are the record's values (docs/design/presets.md). A preset is a TOML file in
+``sb_train/presets`` that overrides some of them; ``--config FILE.toml`` and ``--set section.key=value`` are
+applied on top, in that order. Every key is checked: unknown keys are refused with the closest matches, and
+values are coerced to the field's declared type (``"4"`` is refused for a float only if it cannot be read as
+one).
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the tokens come from and how many one step uses (spec 1.1 'Data / batch', 1.2)."""
+    """Where the tokens come from and how many one step uses (docs/design/presets.md, data and batch)."""
 
     train_files: str = "data/fineweb10B/fineweb_train_*.bin"
     val_files: str = "data/fineweb10B/fineweb_val_*.bin"
     tokens_per_rank: int = 12288  # per optimizer step, per rank (the reference's train_seq_len)
     grad_accum_steps: int = 1
-    micro_tokens: int = 0  # tokens of one micro-batch; 0 derives it (spec 1.2)
+    micro_tokens: int = 0  # tokens of one micro-batch; 0 derives it (docs/design/presets.md)
     loader_mode: Literal["contiguous", "aligned"] = "contiguous"
     val_seq_len: int = 8192  # tokens per validation forward, per rank
-    val_tokens: int = 10485760  # the denominator of the validation budgets (spec 1.2)
+    val_tokens: int = 10485760  # the denominator of the validation budgets (docs/design/presets.md)
     val_tokens_intermediate: int = 229376
     val_tokens_final: int = 10485760
     # When the train shards are missing: "" fails with a hint, "python-docs" writes shards from text that
@@ -69,7 +70,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer groups (spec 3.1) and router clipping (spec 5.6)."""
+    """Optimizer groups and router clipping (docs/design/optimizer.md)."""
 
     lr_embed: float = 0.3
     lr_scalar: float = 0.015
@@ -110,7 +111,7 @@ class RunConfig:
     compile: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off on CPU
     autocast: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA (fp32 master params)
     threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
-    warmup_steps: int = 0  # untimed compile warm-up steps, states restored afterwards (spec 5.2)
+    warmup_steps: int = 0  # untimed compile warm-up steps, states restored after (docs/design/training.md)
     val_loss_every: int = 50  # 0: only the step-0 and final validations
     validate_at_start: bool = True
     log_every: int = 1  # scalars.csv rows (and the W&B log)
@@ -240,6 +241,12 @@ def load_config(
     return TrainConfig(**built, preset=preset)
 
 
+def model_config_from_dict(values: Mapping[str, Any]) -> GPTConfig:
+    """The model section recorded in a checkpoint or run.json (``TrainConfig.to_dict()["model"]``) as the
+    :class:`GPTConfig` it was built from (values coerced and checked like a ``[model]`` table)."""
+    return _build(GPTConfig, "model", values)
+
+
 def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set run.seed=1")
@@ -363,8 +370,8 @@ def _is_integral_float(value: Any) -> bool:
 
 # ------------------------------------------------------------------------------------------ derived
 def micro_tokens(data: DataConfig, block_size: int) -> int:
-    """Tokens per micro-batch (spec 1.2): explicit, else tokens_per_rank // accum rounded down to whole
-    attention blocks (at least one block)."""
+    """Tokens per micro-batch (docs/design/presets.md): explicit, else tokens_per_rank // accum rounded down
+    to whole attention blocks (at least one block)."""
     if data.micro_tokens:
         return data.micro_tokens
     m = max(data.tokens_per_rank // data.grad_accum_steps, block_size)
@@ -372,6 +379,7 @@ def micro_tokens(data: DataConfig, block_size: int) -> int:
 
 
 def validation_steps(budget_tokens: int, val_tokens: int, world_size: int, val_seq_len: int) -> int:
-    """Forwards per rank for a validation budget (spec 1.2; Python's round, as the reference)."""
+    """Forwards per rank for a validation budget (Python's round, as the reference; see
+    docs/design/presets.md)."""
     base_steps = max(val_tokens // (world_size * val_seq_len), 1)
     return max(1, round(base_steps * budget_tokens / val_tokens))

@@ -1,12 +1,12 @@
 """Process setup (torchrun or a single process) and the gradient all-reduce.
 
-Unlike the reference (spec 7.5), the all-reduce is the same on every rank: every trainable parameter, in a
-fixed order, packed into flat buckets. A gradient that is ``None`` on this rank (e.g. the routers while only
-one expert is live) travels as zeros, and a one-element flag per parameter travels with it; after the
-reduce, a parameter whose gradient was ``None`` on *every* rank gets ``None`` back (so optimizers skip it
-exactly as in a single process), and one that was ``None`` only on some ranks keeps the averaged gradient.
-No host sync: the flags are compared on the device, and ``None`` is restored from this rank's own view
-(the model's structure makes the two agree; :meth:`GradReducer.check` verifies it at logging steps).
+Unlike the reference (docs/design/deviations.md D5), the all-reduce is the same on every rank: every trainable
+parameter, in a fixed order, packed into flat buckets. A gradient that is ``None`` on this rank (e.g. the
+routers while only one expert is live) travels as zeros, and a one-element flag per parameter travels with it;
+after the reduce, a parameter whose gradient was ``None`` on *every* rank gets ``None`` back (so optimizers
+skip it exactly as in a single process), and one that was ``None`` only on some ranks keeps the averaged
+gradient. No host sync: the flags are compared on the device, and ``None`` is restored from this rank's own
+view (the model's structure makes the two agree; :meth:`GradReducer.check` verifies it at logging steps).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""How close the router's logits ran to the logit cap over a run (spec 5.9, "Logit stats"), accumulated on the
-device.
+"""How close the router's logits ran to the logit cap over a run, accumulated on the device.
+
+The statistics are those of docs/log-format.md ("Logit stats").
 
 Each training step with a cap (cap > 0) and a finite ``max_logit`` (the step's router summary: the mean
 over layers of the per-layer maximum logit) adds ``ratio = clamp(max_logit / cap, 0, 1.5)``: a step count,
@@ -17,7 +18,7 @@ With no counted step every key is NaN except ``logit_cap_steps = 0``.
 
 Where we differ from the reference on purpose: ``update`` takes the device tensor and masks a non-finite value
 instead of reading it on the host (no sync per step; ``summary`` makes one host copy), the thresholds are
-arguments (spec 7.21), and the state is checkpointed (spec 7.24).
+arguments (docs/design/deviations.md D21), and the state is checkpointed (docs/design/deviations.md D24).
 """
 
 from __future__ import annotations

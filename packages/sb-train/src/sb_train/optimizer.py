@@ -1,11 +1,8 @@
-"""The optimizer: one :class:`sb_muon.MuonAdamW` with the reference's seven named groups (spec 3.1).
-
-Adam groups: ``embed`` (token + value embeddings), ``scalar``, ``router``, ``adapter``, ``head``.
-Muon groups: ``attn`` (the fused (4, d, d) q/k/v/out weights, one matrix per slice) and ``shared_ffn`` (the
-stacked expert W1 / W2, one matrix per expert; a dense-FFN baseline's matrices go here too).
+"""The optimizer: one :class:`sb_muon.MuonAdamW` over the named groups of :mod:`sb_train.param_groups`.
 
 Each group records its ``initial_lr``; the trainer sets ``lr = initial_lr × schedule multiplier`` for every
-group every step — Muon groups included, which the reference never did (spec 7.2).
+group every step — Muon groups included, which the reference never did (docs/design/deviations.md D2).
+See docs/design/optimizer.md.
 """
 
 from __future__ import annotations
@@ -14,28 +11,18 @@ from torch import nn
 
 from sb_muon import MuonAdamW
 from sb_train.config import OptimConfig
-
-ADAM_GROUPS = ("embed", "scalar", "router", "adapter", "head")
-MUON_GROUPS = ("attn", "shared_ffn")
-
-
-def group_of(name: str) -> str:
-    """The optimizer group of a parameter, from its name in ``GPT.named_parameters()``."""
-    if name.startswith(("embed.", "value_embeds.")):
-        return "embed"
-    if name == "scalars":
-        return "scalar"
-    if name in ("bank.router_w", "bank.router_b"):
-        return "router"
-    if name in ("bank.adapter_scale", "bank.adapter_bias"):
-        return "adapter"
-    if name == "lm_head":
-        return "head"
-    if name.endswith("attn.qkvo_w"):
-        return "attn"
-    if name in ("bank.w1", "bank.w2") or ".dense_ffn." in name:
-        return "shared_ffn"
-    raise ValueError(f"parameter {name!r} has no optimizer group; add it to sb_train.optimizer.group_of")
+from sb_train.param_groups import (
+    ADAM_GROUPS,
+    ADAPTER,
+    ATTN,
+    EMBED,
+    HEAD,
+    MUON_GROUPS,
+    ROUTER,
+    SCALAR,
+    SHARED_FFN,
+    group_of,
+)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
@@ -45,13 +32,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
         if p.requires_grad:
             named[group_of(name)].append((name, p))
     lrs = {
-        "embed": cfg.lr_embed,
-        "scalar": cfg.lr_scalar,
-        "router": cfg.lr_router,
-        "adapter": cfg.lr_adapter,
-        "head": cfg.lr_head,
-        "attn": cfg.lr_muon,
-        "shared_ffn": cfg.lr_muon,
+        EMBED: cfg.lr_embed,
+        SCALAR: cfg.lr_scalar,
+        ROUTER: cfg.lr_router,
+        ADAPTER: cfg.lr_adapter,
+        HEAD: cfg.lr_head,
+        ATTN: cfg.lr_muon,
+        SHARED_FFN: cfg.lr_muon,
     }
     groups = []
     for name, params in named.items():
@@ -67,7 +54,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
     opt = MuonAdamW(
         groups,
         lr=cfg.lr_muon,
-        momentum=0.95,
+        momentum=0.95,  # the trainer overwrites it each step with the schedule's momentum
         nesterov=cfg.muon_nesterov,
         ns_steps=cfg.muon_ns_steps,
         method=cfg.muon_method,

@@ -1,21 +1,11 @@
-"""Atomic, multi-rank training checkpoints: save, list, prune, resolve `--resume`, load.
+"""Saving and loading checkpoints: atomic multi-rank saves, pruning, and ``weights_only`` loads.
 
-Layout under a checkpoint root (one root per run; every rank must see the same filesystem)::
-
-    <root>/step_000400/
-        shared.pt          rank 0: the state every rank shares (model, replicated optimizer state,
-                           schedule/AutoClip/logit-stat states, data-loader position, config, step)
-        rank_00000.pt      each rank r writes rank_{r:05d}.pt: its own state (RNG states, optimizer
-        rank_00001.pt      state that is not replicated)
-        meta.json          written LAST by rank 0: {"format": "sb-train-checkpoint", "version": 1, "step",
-                           "world_size", "val_loss" (or null), "created_at", "files": {name: size_bytes}}
+The directory layout, its verification and the lookups are in :mod:`sb_train.checkpoint.layout`.
 
 Atomicity: a save writes everything into ``<root>/.step_000400.tmp-<nonce>/`` (rank 0 draws the nonce and
 broadcasts it), each file through a temporary name, fsync and ``os.replace``. When every rank reports its
 file written, rank 0 writes meta.json and renames the directory to ``step_000400`` (an existing directory
-of the same step is first renamed aside and deleted once the new one is in place). A directory without a
-valid meta.json, with a file missing or of the wrong size, or any hidden ``.tmp``/``.old`` directory is
-never taken as a checkpoint, so a run killed in the middle of a save resumes from the previous one.
+of the same step is first renamed aside and deleted once the new one is in place).
 
 Errors are collective: a rank whose write fails reports it to the others (all-gather), every rank raises
 `CheckpointError` and the half-written directory is removed, so no rank waits forever in a barrier.
@@ -38,12 +28,10 @@ import collections
 import json
 import math
 import os
-import re
 import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -52,129 +40,30 @@ import torch
 import torch.distributed as dist
 
 from sb_data.atomic import atomic_write, fsync_directory
+from sb_train.checkpoint.layout import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    META_FILE,
+    SHARED_FILE,
+    STALE_DIR,
+    CheckpointError,
+    CheckpointInfo,
+    best_checkpoint,
+    find_checkpoint,
+    list_checkpoints,
+    rank_file_name,
+    read_checkpoint_info,
+    step_dir_name,
+)
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "CheckpointError",
-    "CheckpointInfo",
-    "CheckpointManager",
-    "list_checkpoints",
-    "rank_file_name",
-    "read_checkpoint_info",
-    "step_dir_name",
-]
-
-CHECKPOINT_FORMAT = "sb-train-checkpoint"
-CHECKPOINT_VERSION = 1
-META_FILE = "meta.json"
-SHARED_FILE = "shared.pt"
-
-_STEP_DIR = re.compile(r"^step_(\d{6,})$")
-_STALE_DIR = re.compile(r"^\.step_\d{6,}\.(tmp|old)-[0-9a-f]+$")
+__all__ = ["CheckpointManager", "load_shared_state"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written, found or read; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What meta.json says about one complete checkpoint directory."""
-
-    path: Path
-    step: int
-    world_size: int
-    val_loss: float | None
-    created_at: str
-    files: dict[str, int]
-
-    @property
-    def size_bytes(self) -> int:
-        """Total size of the checkpoint's files (meta.json excluded)."""
-        return sum(self.files.values())
-
-
-def step_dir_name(step: int) -> str:
-    """The final directory name of a step's checkpoint: ``step_000400``."""
-    return f"step_{step:06d}"
-
-
-def rank_file_name(rank: int) -> str:
-    """The per-rank file name of rank `rank`: ``rank_00003.pt``."""
-    return f"rank_{rank:05d}.pt"
-
-
-def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
-    """Read and verify a checkpoint directory; raise `CheckpointError` unless it is complete.
-
-    Complete means: meta.json parses, has this format and version, names the step of the directory and a
-    file list with shared.pt and one file per rank, and every listed file exists with the listed size.
-    """
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    if _STALE_DIR.match(path.name):
-        raise CheckpointError(
-            f"{path} is the temporary directory of an interrupted save (or of a replaced checkpoint), "
-            "not a checkpoint; resume from a step_NNNNNN directory"
-        )
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"{path} is not a complete checkpoint: it has no {META_FILE} (the save that wrote it was "
-            "interrupted); resume from another checkpoint, e.g. with --resume auto"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{meta_path} is corrupt (not readable JSON: {err}); delete {path}") from err
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{meta_path} is not an sb-train checkpoint description (no format field)")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{meta_path} has checkpoint version {meta.get('version')!r}; this sb-train reads version "
-            f"{CHECKPOINT_VERSION}"
-        )
-    try:
-        step, world_size = int(meta["step"]), int(meta["world_size"])
-        files = {str(name): int(size) for name, size in meta["files"].items()}
-        val_loss = None if meta.get("val_loss") is None else float(meta["val_loss"])
-        created_at = str(meta.get("created_at", ""))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{meta_path} is corrupt (bad/missing field {err!r}); delete {path}") from err
-    expected = {SHARED_FILE, *(rank_file_name(r) for r in range(world_size))}
-    if world_size < 1 or not expected <= files.keys():
-        raise CheckpointError(f"{meta_path} is corrupt: its file list does not match world_size={world_size}")
-    match = _STEP_DIR.match(path.name)
-    if match and int(match.group(1)) != step:
-        raise CheckpointError(f"{meta_path} is corrupt: it names step {step}, the directory is {path.name}")
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-        actual = file.stat().st_size
-        if actual != size:
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: {name} has {actual} bytes, meta.json recorded {size}"
-            )
-    return CheckpointInfo(path, step, world_size, val_loss, created_at, files)
-
-
-def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
-    """The complete checkpoints directly under `root`, sorted by step (incomplete ones are skipped)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if not _STEP_DIR.match(child.name) or not child.is_dir():
-            continue
-        try:
-            found.append(read_checkpoint_info(child))
-        except CheckpointError:
-            continue
-    return sorted(found, key=lambda info: info.step)
+def load_shared_state(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict:
+    """The shared dict of a complete checkpoint directory (any world size): model weights, configuration,
+    schedule values. For sampling, warm starts and inspection, not for an exact resume."""
+    info = read_checkpoint_info(path)
+    return _load_file(info.path / SHARED_FILE, map_location)
 
 
 class CheckpointManager:
@@ -220,27 +109,15 @@ class CheckpointManager:
 
     def best(self) -> Path | None:
         """The complete checkpoint with the lowest finite validation loss (newest on ties), or None."""
-        best = _best(self.list())
+        best = best_checkpoint(self.list())
         return best.path if best else None
 
     def resolve(self, spec: str) -> Path | None:
-        """The checkpoint a ``--resume`` value names.
-
-        ``"auto"``: the newest complete checkpoint under the root, or None when there is none (a fresh
-        start). Otherwise a path: a checkpoint directory (it must be complete) or a checkpoint root (its
-        newest complete checkpoint; an error when it has none).
-        """
+        """The checkpoint a ``--resume`` value names: ``"auto"`` is the newest complete checkpoint under the
+        root (None when there is none: a fresh start); anything else is a path for :func:`find_checkpoint`."""
         if spec == "auto":
             return self.latest()
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"--resume {spec}: {path} does not exist (--resume auto starts fresh)")
-        if (path / META_FILE).exists() or _STEP_DIR.match(path.name):
-            return read_checkpoint_info(path).path
-        infos = list_checkpoints(path)
-        if not infos:
-            raise CheckpointError(f"--resume {spec}: {path} holds no complete checkpoint (step_*/meta.json)")
-        return infos[-1].path
+        return find_checkpoint(spec)
 
     # ----------------------------------------------------------------------------------------- load
 
@@ -265,8 +142,7 @@ class CheckpointManager:
 
     def load_shared(self, path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict:
         """Only the shared dict (any world size): for warm starts and inspection, not for exact resume."""
-        info = read_checkpoint_info(path)
-        return _load_file(info.path / SHARED_FILE, map_location)
+        return load_shared_state(path, map_location=map_location)
 
     # ----------------------------------------------------------------------------------------- save
 
@@ -389,7 +265,7 @@ class CheckpointManager:
         if not infos:
             return
         keep = {info.path for info in (infos if self.keep_last is None else infos[-self.keep_last :])}
-        best = _best(infos) if self.keep_best else None
+        best = best_checkpoint(infos) if self.keep_best else None
         if best is not None:
             keep.add(best.path)
         for info in infos:
@@ -397,16 +273,11 @@ class CheckpointManager:
                 shutil.rmtree(info.path, ignore_errors=True)
         newest = max((info.path / META_FILE).stat().st_mtime for info in infos if info.path in keep)
         for child in self.root.iterdir():
-            if _STALE_DIR.match(child.name) and child.is_dir() and child.stat().st_mtime <= newest:
+            if STALE_DIR.match(child.name) and child.is_dir() and child.stat().st_mtime <= newest:
                 shutil.rmtree(child, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _best(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
-    scored = [i for i in infos if i.val_loss is not None and math.isfinite(i.val_loss)]
-    return min(scored, key=lambda i: (i.val_loss, -i.step)) if scored else None
 
 
 def _dist_initialized() -> bool:

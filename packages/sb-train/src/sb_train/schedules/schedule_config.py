@@ -1,21 +1,18 @@
-"""Every per-step schedule of a SwitchBank run, as host-side functions of the step (spec 1.1, 2.5, 2.9, 2.12,
-3.6, 5.4).
+"""The schedule section of a run's configuration and the bundle of every schedule value at one step.
 
-:class:`ScheduleConfig` holds the schedule fields with the record preset's defaults (spec 1.1);
-:meth:`ScheduleConfig.at` turns a step into a :class:`StepValues` bundle: LR multipliers per param group,
-Muon momentum, attention window, router temperature, logit cap, Gumbel switch, active experts, freezes and the
-head tie state. The router formulas themselves live in :mod:`sb_model.schedules` and the momentum ramp in
-:mod:`sb_muon.momentum`; this module only composes them, so the trainer and the model cannot diverge
-(spec 7.22).
+:class:`ScheduleConfig` holds the schedule fields with the record preset's values (docs/design/presets.md);
+:meth:`ScheduleConfig.at` turns a step into a :class:`StepValues`: LR multipliers per param group, Muon
+momentum, attention window, router temperature, logit cap, Gumbel switch, live experts, freezes and head
+untying. The curves themselves are in :mod:`sb_train.schedules.curves`.
 
-Where we differ from the reference on purpose:
+Where we differ from the reference on purpose (docs/design/schedules.md):
 
-* The LR multiplier applies to **every** param group, Muon's spectral groups included (the reference froze the
-  spectral LR, so cooldown and FFN rampdown never reached the matrices: spec 7.2). The trainer sets each
-  group's ``lr = initial_lr * values.lr_for(group_name)``.
-* The temperature/cap anchor is the second stage of the *sorted* expert activation schedule (spec 7.22).
-* ``at(..., evaluation=True)`` turns Gumbel noise off unless ``gumbel_in_eval`` (spec 7.6); every other value
-  is the one of that step, so validation stays comparable to the reference.
+* The LR multiplier applies to **every** param group, Muon's matrix groups included (the reference froze the
+  matrix LR, so cooldown and FFN rampdown never reached the matrices: docs/design/deviations.md D2).
+* The temperature/cap anchor is the second stage of the *sorted* expert activation schedule
+  (docs/design/deviations.md D22).
+* ``at(..., evaluation=True)`` turns Gumbel noise off unless ``gumbel_in_eval`` (docs/design/deviations.md
+  D6); every other value is the one of that step, so validation stays comparable to the reference.
 * ``lr_multiplier`` with ``cooldown_frac=0`` returns 1.0 up to the end (the reference divides by zero at N).
 """
 
@@ -27,96 +24,25 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sb_model.attention_masks import attention_window_blocks as _model_window_blocks
-from sb_model.schedules import (
-    active_expert_count,
-    gumbel_active,
-    normalize_activation_schedule,
-    router_logit_cap,
-    router_temperature,
-    second_expert_step,
-)
-from sb_muon.momentum import momentum_warmup
+from sb_train.param_groups import ADAPTER, ROUTER, SHARED_FFN
+from sb_train.schedules import curves
 
 __all__ = [
-    "ADAPTER_GROUP",
     "RECORD_EXPERT_ACTIVATION_SCHEDULE",
     "RECORD_GUMBEL_SCHEDULE",
-    "ROUTER_GROUP",
-    "SHARED_FFN_GROUP",
     "ScheduleConfig",
     "StepValues",
-    "attention_window_blocks",
-    "lr_multiplier",
-    "rampdown_multiplier",
 ]
 
-#: Param-group names that get their own rampdown multiplier (every other group gets 1.0).
-ROUTER_GROUP = "router"
-ADAPTER_GROUP = "adapter"
-SHARED_FFN_GROUP = "shared_ffn"
-
-#: (step, active expert count) stages of the record preset (spec 1.1).
+#: (step, active expert count) stages of the record preset.
 RECORD_EXPERT_ACTIVATION_SCHEDULE: tuple[tuple[int, int], ...] = (
     (0, 1), (75, 2), (141, 3), (234, 4), (338, 5), (441, 6), (591, 7), (695, 8),
 )
-#: Half-open [start, end) Gumbel windows of the record preset (spec 1.1).
+#: Half-open [start, end) Gumbel windows of the record preset.
 RECORD_GUMBEL_SCHEDULE: tuple[tuple[int, int], ...] = (
     (75, 441), (459, 488), (534, 722), (900, 909), (1004, 1022), (1097, 1107), (1200, 1209), (1284, 1313),
     (1472, 1500),
 )
-
-
-def lr_multiplier(
-    step: int, num_iterations: int, cooldown_frac: float, final_mult: float = 0.0, freeze_last_steps: int = 0
-) -> float:
-    """Base LR multiplier (spec 5.4): 1.0, then a linear cooldown to ``final_mult`` over the last
-    ``cooldown_frac`` of training. ``freeze_last_steps`` holds the value reached at step
-    N - freeze_last_steps.
-
-    It multiplies every param group's initial LR, Muon's spectral groups included (fix of spec 7.2)."""
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
-    s = min(step, num_iterations - freeze_last_steps)
-    x = min(max(s / num_iterations, 0.0), 1.0)
-    if x < 1.0 - cooldown_frac:
-        return 1.0
-    if cooldown_frac <= 0.0:  # no cooldown: x == 1 here; the reference would divide by zero
-        return 1.0
-    t = min(max((x - (1.0 - cooldown_frac)) / cooldown_frac, 0.0), 1.0)
-    return 1.0 - t * (1.0 - final_mult)
-
-
-def rampdown_multiplier(progress: float, start: float, end: float) -> float:
-    """Linear LR rampdown from 1 at ``progress == start`` to 0 at ``progress == end`` (spec 5.4).
-
-    ``end < 0`` disables it (1.0); from ``end`` on it is 0.0; ``start < 0`` or ``start >= end`` means no ramp
-    (1.0 before ``end``)."""
-    if end < 0:
-        return 1.0
-    if progress >= end:
-        return 0.0
-    if start < 0 or start >= end or progress <= start:
-        return 1.0
-    return min(max(1.0 - (progress - start) / (end - start), 0.0), 1.0)
-
-
-def attention_window_blocks(
-    step: int, num_iterations: int, max_window_tokens: int = 3456, block_size: int = 128, end_step: int = 0
-) -> int:
-    """Long attention window in blocks at ``step`` (spec 2.5): the smallest multiple of ``block_size``
-    that is >= max_window_tokens · f(x), f(x) = 4x³ − 6x² + 3x, x = step / N, at least one block.
-    ``end_step > 0`` clamps step and N to it (HEAD's option). The short window (``// 2``) is the model's
-    business.
-
-    A thin wrapper of :func:`sb_model.attention_masks.attention_window_blocks` (one implementation)."""
-    return _model_window_blocks(
-        step,
-        num_iterations,
-        max_window_tokens=max_window_tokens,
-        block_size=block_size,
-        end_step=end_step if end_step > 0 else None,
-    )
 
 
 @dataclass(frozen=True)
@@ -126,16 +52,16 @@ class StepValues:
     step: int
     lr_mult: float  # base LR multiplier, applied to every group (Muon groups included)
     group_mult: dict[str, float]  # extra multipliers: "router", "adapter", "shared_ffn"; other groups 1.0
-    momentum: float  # Muon momentum of the spectral groups (with warmup)
+    momentum: float  # Muon momentum of the matrix groups (with warmup)
     window_blocks: int  # long attention window in blocks (short = // 2, the model's job)
     temperature: float  # base router temperature
     logit_cap: float  # router logit cap; 0.0 means no cap
     gumbel: bool  # add Gumbel noise to the router logits
     active_experts: int  # experts enabled by the activation schedule
-    router_frozen: bool  # spec 2.12: progress >= router_freeze_frac
+    router_frozen: bool  # progress >= router_freeze_frac: router logits detached, no aux loss
     adapters_frozen: bool  # router_frozen and router_freeze_adapters
-    ffn_frozen: bool  # progress >= shared_ffn_freeze_frac
-    head_untied: bool | None  # None when untie_lm_head_frac < 0 (no untie schedule)
+    ffn_frozen: bool  # progress >= shared_ffn_freeze_frac: the block stack gets no gradient
+    head_untied: bool  # untie_lm_head_frac >= 0 and step >= int(frac * N): a separate LM head
 
     def lr_for(self, group_name: str) -> float:
         """Multiplier of a param group's initial LR: ``lr_mult * group_mult.get(group_name, 1.0)``."""
@@ -146,18 +72,18 @@ class StepValues:
 def _normalized_activation(
     schedule: tuple[tuple[int, int], ...], num_experts: int
 ) -> tuple[tuple[int, int], ...]:
-    return normalize_activation_schedule(schedule, num_experts)
+    return curves.normalize_activation_schedule(schedule, num_experts)
 
 
 @functools.lru_cache(maxsize=64)
 def _anchor_step(schedule: tuple[tuple[int, int], ...]) -> int:
-    return second_expert_step(schedule)
+    return curves.second_expert_step(schedule)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Schedule fields with the record preset's values (spec 1.1). All fields are int, float, bool or
-    tuples of (int, int) pairs; ints are accepted for float fields and lists for tuples (they are
+    """Schedule fields with the record preset's values (docs/design/presets.md). All fields are int, float,
+    bool or tuples of (int, int) pairs; ints are accepted for float fields and lists for tuples (they are
     converted). Invalid values raise ValueError naming the field and the allowed range."""
 
     num_iterations: int = 1750
@@ -241,26 +167,25 @@ class ScheduleConfig:
         n = self.num_iterations
         anchor = _anchor_step(self.expert_activation_schedule)
         progress = step / n
-        router_mult = rampdown_multiplier(progress, self.router_lr_reduce_start_frac, self.router_freeze_frac)
+        router_mult = curves.rampdown_multiplier(progress, self.router_lr_reduce_start_frac,
+                                                 self.router_freeze_frac)
         router_frozen = progress >= self.router_freeze_frac
-        head_untied = None
-        if self.untie_lm_head_frac >= 0:
-            head_untied = step >= int(self.untie_lm_head_frac * n)
         return StepValues(
             step=step,
-            lr_mult=lr_multiplier(step, n, self.cooldown_frac, self.lr_final_mult, self.lr_freeze_last_steps),
+            lr_mult=curves.lr_multiplier(step, n, self.cooldown_frac, self.lr_final_mult,
+                                         self.lr_freeze_last_steps),
             group_mult={
-                ROUTER_GROUP: router_mult,
-                ADAPTER_GROUP: router_mult if self.router_freeze_adapters else 1.0,
-                SHARED_FFN_GROUP: rampdown_multiplier(
+                ROUTER: router_mult,
+                ADAPTER: router_mult if self.router_freeze_adapters else 1.0,
+                SHARED_FFN: curves.rampdown_multiplier(
                     progress, self.shared_ffn_lr_reduce_start_frac, self.shared_ffn_freeze_frac
                 ),
             },
-            momentum=momentum_warmup(step, self.momentum_warmup_steps, self.momentum_warmup_start,
+            momentum=curves.momentum_warmup(step, self.momentum_warmup_steps, self.momentum_warmup_start,
                                      self.muon_momentum),
-            window_blocks=attention_window_blocks(step, n, max_window_tokens, block_size,
+            window_blocks=curves.attention_window_blocks(step, n, max_window_tokens, block_size,
                                                   self.window_schedule_end_step),
-            temperature=router_temperature(
+            temperature=curves.router_temperature(
                 step,
                 n,
                 self.router_temp_init,
@@ -269,28 +194,28 @@ class ScheduleConfig:
                 anchor_delta_steps=self.router_temp_anchor_delta_steps,
                 anchor_ratio=self.router_temp_anchor_ratio,
                 start_step=anchor,
-                end_step=self.router_temp_schedule_end_step or None,
+                end_step=self.router_temp_schedule_end_step,
             ),
-            logit_cap=router_logit_cap(
+            logit_cap=curves.router_logit_cap(
                 step,
                 self.router_logit_cap_initial,
                 self.router_logit_cap_final,
                 delta_steps=self.router_logit_cap_delta_steps,
                 start_step=anchor,
             ),
-            gumbel=gumbel_active(
+            gumbel=curves.gumbel_active(
                 step,
                 self.router_gumbel_schedule,
                 n,
                 enabled=self.router_use_gumbel and (self.gumbel_in_eval or not evaluation),
             ),
-            active_experts=active_expert_count(
+            active_experts=curves.active_expert_count(
                 step, _normalized_activation(self.expert_activation_schedule, num_experts), num_experts
             ),
             router_frozen=router_frozen,
             adapters_frozen=router_frozen and self.router_freeze_adapters,
             ffn_frozen=progress >= self.shared_ffn_freeze_frac,
-            head_untied=head_untied,
+            head_untied=self.untie_lm_head_frac >= 0 and step >= int(self.untie_lm_head_frac * n),
         )
 
 
