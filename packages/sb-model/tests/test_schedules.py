@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import sb_model as sm
+import sb_model.schedules as sm
 
 RECORD_ACTIVATION = ((0, 1), (75, 2), (141, 3), (234, 4), (338, 5), (441, 6), (591, 7), (695, 8))
 

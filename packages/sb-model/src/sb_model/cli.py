@@ -46,10 +46,7 @@ def find_checkpoint_file(path: str | Path) -> Path:
 
 
 def _as_config(d: dict[str, Any]) -> GPTConfig:
-    def tuples(v: Any) -> Any:
-        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
-
-    return GPTConfig(**{k: (v if k == "bank_options" else tuples(v)) for k, v in d.items()})
+    return GPTConfig.from_dict(d)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
