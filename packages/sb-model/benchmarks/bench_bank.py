@@ -6,9 +6,10 @@ eager and under ``torch.compile``.
     uv run python packages/sb-model/benchmarks/bench_bank.py --preset small --modes eager --topk 1  # quick
     uv run python packages/sb-model/benchmarks/bench_bank.py --device cuda --dtype bfloat16     # on a GPU
 
-Shapes (``--preset``): ``record`` (default) is one bank call of the record run — a rank's micro-batch of
-T = 12,288 tokens, d = 896, h = 1024, E = 8 (docs/design/presets.md); ``small`` is T = 2048, d = h = 512,
-E = 8, about 1/20 of the work, for quick comparisons. ``--tokens/--dim/--hidden/--experts`` override a preset's values.
+Shapes (``--preset``): ``record`` (default) is one bank call of the record run — a rank's micro-batch of T =
+12,288 tokens, d = 896, h = 1024, E = 8 (docs/design/presets.md); ``small`` is T = 2048, d = h = 512, E = 8,
+about 1/20 of the work, for quick comparisons. ``--tokens/--dim/--hidden/--experts`` override a preset's
+values.
 
 Protocol: every round runs all implementations back to back (interleaved, so machine noise hits them alike).
 Each is timed as the fastest of ``--reps`` forward+backward passes with a materialised random upstream

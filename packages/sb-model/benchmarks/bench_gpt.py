@@ -1,8 +1,8 @@
 """Forward+backward throughput of a small SwitchBank GPT against a dense GPT with the same active parameters.
 
-The dense model is the same GPT with ``ffn="dense"``: every layer owns a ReLU² FFN of
-``bank.topk * bank.ffn_hidden`` hidden units, so a token meets as many FFN weights as in the bank (top-k of E
-experts). Both models run in the same process, alternating, and the table reports median tokens/s and the ratio bank / dense.
+The dense model is the same GPT with ``ffn="dense"``: every layer owns a ReLU² FFN of ``bank.topk *
+bank.ffn_hidden`` hidden units, so a token meets as many FFN weights as in the bank (top-k of E experts). Both
+models run in the same process, alternating, and the table reports median tokens/s and the ratio bank / dense.
 
     uv run python packages/sb-model/benchmarks/bench_gpt.py [--seq-len 512] [--iters 8] [--threads 2]
 """

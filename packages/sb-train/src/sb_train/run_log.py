@@ -78,7 +78,7 @@ from sb_analysis.logformat import (
     segment_files,
 )
 from sb_analysis.logwriter import CsvAppender, config_hash, utc_now, write_json_atomic, write_status_file
-from sb_model.metrics import SCALAR_KEYS, RoutingReport
+from sb_model.bank.metrics import SCALAR_KEYS, RoutingReport
 from sb_train.code_version import RUN_ID_PATTERN, make_run_id
 
 # scalars.csv: the columns docs/log-format.md declares (sb_analysis.logformat.SCALARS_COLUMNS, in its order),

@@ -145,15 +145,15 @@ class Trainer:
             self._load_checkpoint(self.ckpt_path)
 
         # logs (rank 0 writes; other ranks get a logger that does nothing)
-        bank_cfg = mcfg.bank_config() if bank is not None else None
+        bank_cfg = mcfg.bank if bank is not None else None
         self.logger = RunLogger(
             self.run_dir,
             run_id=self.run_id,
             preset=cfg.preset,
             config=cfg.to_dict(),
             num_layers=mcfg.num_layers,
-            num_experts=mcfg.num_experts,
-            top_k=mcfg.topk,
+            num_experts=mcfg.bank.num_experts,
+            top_k=mcfg.bank.topk,
             tokens_per_step=self.tokens_per_step,
             total_steps=self.N,
             world_size=self.env.world_size,
@@ -167,7 +167,7 @@ class Trainer:
             enabled=self.env.is_main,
         )
         self.progress = ProgressPrinter(self.N, self.tokens_per_step, every=run.print_every,
-                                        num_experts=mcfg.num_experts, enabled=self.env.is_main)
+                                        num_experts=mcfg.bank.num_experts, enabled=self.env.is_main)
         if self.env.is_main:
             print(self.model.format_parameter_counts(), file=sys.stderr)
 
@@ -281,8 +281,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ schedule
     def _apply_schedule(self, step: int, evaluation: bool = False):
         mcfg = self.cfg.model
-        v = self.cfg.schedule.at(step, num_experts=mcfg.num_experts, max_window_tokens=mcfg.max_window_tokens,
-                                 block_size=mcfg.block_size, evaluation=evaluation)
+        v = self.cfg.schedule.at(step, num_experts=mcfg.bank.num_experts,
+                                 max_window_tokens=mcfg.max_window_tokens, block_size=mcfg.block_size,
+                                 evaluation=evaluation)
         self.model.set_window_blocks(v.window_blocks)
         if self.model.bank is not None:
             self.model.routing_schedule.set_(

@@ -3,8 +3,8 @@
 Layer l's router scores the E experts as ``[x, ema_fwd, ema_rev, flags] · W_lᵀ + b_l`` (docs/design/bank.md,
 router). The flags come from the token ids (:func:`router_flags`, once per forward); the EMA features are
 computed once per *EMA group* of ``layer_stride`` consecutive layers, from the input of the group's first
-layer (:func:`ema_group`, the one rule used by the bank and by KV-cached decoding). A
-:class:`RoutingContext` carries the flags, the schedule tensors and the per-group EMA features through one forward.
+layer (:func:`ema_group`, the one rule used by the bank and by KV-cached decoding). A :class:`RoutingContext`
+carries the flags, the schedule tensors and the per-group EMA features through one forward.
 """
 
 from __future__ import annotations
