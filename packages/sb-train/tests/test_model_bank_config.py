@@ -1,4 +1,4 @@
-"""The bank's options are one nested section, ``[model.bank]``, from the TOML file to the model and run.json."""
+"""The bank's options are one nested section, ``[model.bank]``, from TOML to the model and run.json."""
 
 from __future__ import annotations
 
