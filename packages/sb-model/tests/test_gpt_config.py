@@ -1,4 +1,4 @@
-"""GPTConfig: the bank's options nested as one BankConfig, resolved from the GPT, recorded and rebuilt exactly."""
+"""GPTConfig: the bank's options nested as one BankConfig, resolved from the GPT, recorded and rebuilt."""
 
 import json
 

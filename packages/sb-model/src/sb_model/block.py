@@ -1,6 +1,6 @@
-"""One SwitchBank layer: residual mix with the embedding, attention (unless the layer skips it), then the
-shared bank on the normed residual (docs/design/model.md, block). A dense per-layer FFN can replace the bank
-(baseline/ablation)."""
+"""One SwitchBank layer: residual mix, attention (unless skipped), then the shared bank on the normed input.
+
+(docs/design/model.md, block.) A dense per-layer FFN can replace the bank (baseline/ablation)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""`GPTConfig`: every shape and option of a SwitchBank GPT in one validated dataclass (the bank's options
-nested as a :class:`~sb_model.bank.config.BankConfig`), with the record and tiny presets."""
+"""`GPTConfig`: every shape and option of a SwitchBank GPT, with the bank's options nested as a BankConfig.
+
+One validated dataclass, with the record and tiny presets; the nested
+:class:`~sb_model.bank.config.BankConfig` gets its GPT facts (width, depth, ...) filled in from here."""
 
 from __future__ import annotations
 

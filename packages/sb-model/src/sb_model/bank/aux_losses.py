@@ -1,6 +1,7 @@
-"""Auxiliary router losses (docs/design/bank.md, aux losses), written as tensor math only (no Python ``math``
-on tensors, no NaN in the graph even where the reference produced one: every masked branch is finite before it
-is discarded)."""
+"""Auxiliary router losses: load balance, entropy gap, Switch and z-loss, as tensor math only.
+
+(docs/design/bank.md, aux losses.) No Python ``math`` on tensors, no NaN in the graph even where the reference
+produced one: every masked branch is finite before it is discarded."""
 
 from __future__ import annotations
 

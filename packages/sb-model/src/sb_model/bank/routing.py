@@ -1,6 +1,7 @@
-"""From router logits to routing decisions (docs/design/bank.md, routing): Gumbel noise, temperature, logit
-cap, the live-expert mask, softmax or sigmoid gating, Sinkhorn-balanced selection and hard top-k. All schedule
-values are tensors; nothing branches on a tensor value, so a compiled graph never reads one on the host."""
+"""From router logits to routing decisions: noise, temperature, cap, live experts, gating, top-k or Sinkhorn.
+
+(docs/design/bank.md, routing.) All schedule values are tensors; nothing branches on a tensor value, so a
+compiled graph never reads one on the host."""
 
 from __future__ import annotations
 
