@@ -7,9 +7,9 @@ from sb_model.bank.features import (
     build_router_flags,
     causal_reverse_snapshot,
     document_ema,
-    document_ids,
     document_starts,
     reference_forward_ema,
+    segment_ids_from_starts,
     segmented_ema,
 )
 
@@ -43,7 +43,7 @@ def test_document_ema_restarts_at_document_starts(chunk):
     starts[1, 40] = True
     got = document_ema(x, 0.85, starts, chunk=chunk)
     torch.testing.assert_close(got.double(), naive_ema(x, 0.85, starts), atol=1e-5, rtol=1e-5)
-    assert document_ids(starts).shape == (2, 90)
+    assert segment_ids_from_starts(starts).shape == (2, 90)
 
 
 def test_long_sequence_has_no_overflow():

@@ -78,7 +78,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def document_ids(doc_start: Tensor) -> Tensor:
+def segment_ids_from_starts(doc_start: Tensor) -> Tensor:
     """Segment id per token from a (B, T) bool "a document starts here" mask (position 0 always starts)."""
     starts = doc_start.clone()
     starts[:, 0] = True
@@ -196,4 +196,4 @@ def reverse_snapshot_plan(
 def document_ema(x: Tensor, alpha: Tensor | float, doc_start: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
     """A causal EMA restarted at every document start (the causal document-local feature of
     docs/design/deviations.md D1)."""
-    return segmented_ema(x, alpha, document_ids(doc_start), chunk)
+    return segmented_ema(x, alpha, segment_ids_from_starts(doc_start), chunk)
