@@ -162,7 +162,7 @@ def test_flex_path_needs_whole_blocks():
 
 
 def test_window_schedule_matches_reference_values():
-    # derived record values (spec 2.5): step -> long window in blocks
+    # derived record values (docs/design/schedules.md): step -> long window in blocks
     expected = {
         0: 1,
         50: 3,

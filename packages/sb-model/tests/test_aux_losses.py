@@ -1,4 +1,4 @@
-"""Aux losses against a plain transcription of spec 2.8.6 (Python floats and math)."""
+"""Aux losses against a plain transcription of docs/design/bank.md (aux losses) (Python floats and math)."""
 
 import math
 
