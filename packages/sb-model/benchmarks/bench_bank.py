@@ -6,9 +6,10 @@ eager and under ``torch.compile``.
     uv run python packages/sb-model/benchmarks/bench_bank.py --preset small --modes eager --topk 1  # quick
     uv run python packages/sb-model/benchmarks/bench_bank.py --device cuda --dtype bfloat16     # on a GPU
 
-Shapes (``--preset``): ``record`` (default) is one bank call of the record run — a rank's micro-batch of
-T = 12,288 tokens, d = 896, h = 1024, E = 8 (spec 1.1); ``small`` is T = 2048, d = h = 512, E = 8, about 1/20
-of the work, for quick comparisons. ``--tokens/--dim/--hidden/--experts`` override a preset's values.
+Shapes (``--preset``): ``record`` (default) is one bank call of the record run — a rank's micro-batch of T =
+12,288 tokens, d = 896, h = 1024, E = 8 (docs/design/presets.md); ``small`` is T = 2048, d = h = 512, E = 8,
+about 1/20 of the work, for quick comparisons. ``--tokens/--dim/--hidden/--experts`` override a preset's
+values.
 
 Protocol: every round runs all implementations back to back (interleaved, so machine noise hits them alike).
 Each is timed as the fastest of ``--reps`` forward+backward passes with a materialised random upstream
@@ -36,6 +37,10 @@ from collections.abc import Callable
 import torch
 
 import sb_model as sm
+from sb_model.bank.experts import choose_expert_impl
+from sb_model.bank.features import build_router_flags
+from sb_model.bank.router import ema_features
+from sb_model.functional import init_linear_
 
 # ``record``: one bank call of the record run (a rank's 12,288-token micro-batch at the record's model sizes);
 # ``small``: about 1/20 of that work, for quick comparisons
@@ -58,7 +63,8 @@ def naive_loop(bank: sm.SharedExpertBank, k: int):
     def run(x, ctx):
         B, T, d = x.shape
         xf = x.reshape(-1, d)
-        fwd, rev = bank._ema_features(x, 0, ctx)  # same router features as the bank
+        # the same router features as the bank
+        fwd, rev = ema_features(bank.config, x, bank.ema_alpha_fwd[0], bank.ema_alpha_rev[0], ctx.doc_start)
         logits = bank.router_logits(x, 0, ctx.flags, fwd, rev)
         probs = torch.softmax(logits, -1)
         gate, idx = probs.topk(k, -1)
@@ -152,7 +158,7 @@ def main() -> None:
     T, d, h, E = args.tokens, args.dim, args.hidden, args.experts
     tok = torch.randint(0, 50000, (1, T), device=device)
     tok[:, :: max(T // 5, 1)] = 50256
-    flags = sm.build_router_flags(tok, dtype=dtype)
+    flags = build_router_flags(tok, dtype=dtype)
     torch.manual_seed(0)
     x = torch.randn(1, T, d, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(1, T, d, device=device, dtype=dtype)
@@ -198,9 +204,9 @@ def main() -> None:
                     a, b = cfg.feature_slices[name]
                     a2, b2 = other.config.feature_slices[name]
                     other.router_w[:, :, a2:b2].copy_(bank.router_w[:, :, a:b])
-        impl, _ = bank._expert_impl(x)
+        impl, _ = choose_expert_impl(bank.config, x, bank.w1.dtype)
         w1 = torch.nn.Parameter(torch.empty(k * h, d, device=device, dtype=dtype))
-        sm.init_linear_(w1)
+        init_linear_(w1)
         w2 = torch.nn.Parameter(torch.randn(d, k * h, device=device, dtype=dtype) * 0.02)
         dense = dense_ffn(w1, w2)
 

@@ -1,8 +1,8 @@
 """Forward+backward throughput of a small SwitchBank GPT against a dense GPT with the same active parameters.
 
-The dense model is the same GPT with ``ffn="dense"``: every layer owns a ReLU² FFN of ``topk * ffn_hidden``
-hidden units, so a token meets as many FFN weights as in the bank (top-k of E experts). Both models run in the
-same process, alternating, and the table reports median tokens/s and the ratio bank / dense.
+The dense model is the same GPT with ``ffn="dense"``: every layer owns a ReLU² FFN of ``bank.topk *
+bank.ffn_hidden`` hidden units, so a token meets as many FFN weights as in the bank (top-k of E experts). Both
+models run in the same process, alternating, and the table reports median tokens/s and the ratio bank / dense.
 
     uv run python packages/sb-model/benchmarks/bench_gpt.py [--seq-len 512] [--iters 8] [--threads 2]
 """
@@ -15,11 +15,10 @@ import time
 
 import torch
 
-from sb_model.gpt import GPT
-from sb_model.gpt_config import GPTConfig
+from sb_model import GPT, BankConfig, GPTConfig
 
 
-def small_config(**kw) -> GPTConfig:
+def small_config(topk: int, **kw) -> GPTConfig:
     base = dict(
         vocab_size=1024,
         model_dim=128,
@@ -32,9 +31,7 @@ def small_config(**kw) -> GPTConfig:
         skip_attn_layers=(),
         skip_map=((3, 1),),
         eod_token_id=0,
-        num_experts=8,
-        ffn_hidden=512,
-        topk=1,
+        bank=BankConfig(num_experts=8, ffn_hidden=512, topk=topk),
     )
     base.update(kw)
     return GPTConfig(**base)

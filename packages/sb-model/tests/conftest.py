@@ -70,7 +70,6 @@ def reference_bank_forward(
         logits = logits.clamp(-logit_cap, logit_cap)
     E = cfg.num_experts
     live = torch.ones(E, dtype=torch.bool) if active is None else active.clone()
-    live &= ~bank.pruned
     logits = logits.masked_fill(~live, float("-inf"))
     probs = torch.softmax(logits, -1)
     k = min(cfg.topk, int(live.sum()))

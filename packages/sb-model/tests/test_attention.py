@@ -59,7 +59,7 @@ def test_heads_must_divide_model_dim():
 
 
 def _direct(attn, x, ve, lambdas, tok, w, bs=16):
-    """Transcription of spec 2.4, one head at a time, with an explicit softmax."""
+    """Transcription of docs/design/model.md (attention), one head at a time, with an explicit softmax."""
     B, T, d = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo_w

@@ -1,5 +1,6 @@
 """Document-causal sliding-window masks: the token rule and the reference-style BlockMask."""
 
+import math
 import warnings
 
 import pytest
@@ -8,7 +9,6 @@ import torch
 from sb_model.attention_masks import (
     FLEX_AVAILABLE,
     block_layout,
-    block_mask_to_dense,
     dense_attention_mask,
     document_causal_window_mask,
     document_ids,
@@ -18,6 +18,30 @@ from sb_model.attention_masks import (
 )
 
 EOD = 0
+
+
+def block_mask_to_dense(block_mask, seq_len: int) -> torch.Tensor:
+    """Expand a BlockMask into its (B, 1, T, T) token mask (kept blocks, with mask_mod on partial blocks).
+    Materialises T² booleans."""
+    partial = block_mask.kv_num_blocks, block_mask.kv_indices
+    full = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
+    B = partial[0].shape[0]
+    bs = block_mask.BLOCK_SIZE[1]
+    nb = math.ceil(seq_len / bs)
+
+    def kept(num: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
+        rank = torch.arange(ind.shape[-1], device=ind.device)
+        sel = rank < num[..., None]
+        dense = torch.zeros(*ind.shape[:-1], nb, dtype=torch.bool, device=ind.device)
+        return dense.scatter_(-1, ind.long(), sel)  # (B, H, NBq, NBk)
+
+    part = kept(*partial)[:, :1]
+    full_b = kept(*full)[:, :1] if full[0] is not None else torch.zeros_like(part)
+    expand = lambda m: m.repeat_interleave(bs, -2).repeat_interleave(bs, -1)[..., :seq_len, :seq_len]  # noqa: E731
+    q = torch.arange(seq_len)
+    b = torch.arange(B)
+    token = block_mask.mask_mod(b[:, None, None, None], 0, q[None, None, :, None], q[None, None, None, :])
+    return (expand(part) & token) | expand(full_b)
 
 
 def _tokens(B, T, eods, seed=0):

@@ -1,11 +1,12 @@
-"""Aux losses against a plain transcription of spec 2.8.6 (Python floats and math)."""
+"""Aux losses against a plain transcription of docs/design/bank.md (aux losses) (Python floats and math)."""
 
 import math
 
 import pytest
 import torch
 
-import sb_model as sm
+from sb_model.bank.aux_losses import cv_squared, reference_aux_loss, router_z_loss, switch_load_balancing_loss
+from sb_model.bank.features import build_router_flags
 
 
 def spec_cv2(v):
@@ -33,7 +34,7 @@ def test_reference_aux_matches_spec(n_active):
     torch.manual_seed(n_active)
     imp = torch.softmax(torch.randn(8), 0)
     load = torch.softmax(torch.randn(8) * 3, 0)
-    got = sm.reference_aux_loss(
+    got = reference_aux_loss(
         imp,
         load,
         torch.tensor(n_active),
@@ -48,22 +49,22 @@ def test_reference_aux_matches_spec(n_active):
 
 def test_cv2_floor_of_a_single_active_expert():
     one_hot = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
-    assert sm.cv_squared(one_hot).item() == pytest.approx(6.9996, abs=1e-4)  # the logs' value below step 75
+    assert cv_squared(one_hot).item() == pytest.approx(6.9996, abs=1e-4)  # the logs' value below step 75
 
 
 def test_switch_and_z_loss():
     f = torch.tensor([0.5, 0.25, 0.25, 0.0])
     p = torch.tensor([0.4, 0.3, 0.2, 0.1])
-    assert sm.switch_load_balancing_loss(f, p).item() == pytest.approx(4 * (0.2 + 0.075 + 0.05))
+    assert switch_load_balancing_loss(f, p).item() == pytest.approx(4 * (0.2 + 0.075 + 0.05))
     logits = torch.randn(10, 4)
     live = torch.tensor([True, True, False, True])
     expect = sum(math.log(sum(math.exp(float(logits[n, e])) for e in (0, 1, 3))) ** 2 for n in range(10)) / 10
-    assert sm.router_z_loss(logits, live).item() == pytest.approx(expect, rel=1e-5)
+    assert router_z_loss(logits, live).item() == pytest.approx(expect, rel=1e-5)
 
 
 def test_bank_aux_equals_spec_on_its_own_routing(make_bank, tokens):
     bank = make_bank(num_layers=2, use_reverse_ema=False)
-    flags = sm.build_router_flags(tokens(1, 50))
+    flags = build_router_flags(tokens(1, 50))
     x = torch.randn(1, 50, 16)
     sched = bank.default_schedule(active_experts=3, lb_mult=torch.tensor([1.0, 1.5]))
     ctx = bank.context(flags, sched)
@@ -77,7 +78,7 @@ def test_bank_aux_equals_spec_on_its_own_routing(make_bank, tokens):
 
 
 def test_optional_losses_are_added(make_bank, tokens):
-    flags = sm.build_router_flags(tokens(1, 30))
+    flags = build_router_flags(tokens(1, 30))
     x = torch.randn(1, 30, 16)
     base = make_bank(use_reverse_ema=False)
     extra = make_bank(use_reverse_ema=False, switch_lb_coeff=0.01, z_loss_coeff=1e-3)
@@ -88,15 +89,15 @@ def test_optional_losses_are_added(make_bank, tokens):
     frac = torch.bincount(probs.argmax(-1), minlength=4).float() / 30
     expect = (
         a0
-        + 0.01 * sm.switch_load_balancing_loss(frac, probs.mean(0))
-        + 1e-3 * sm.router_z_loss(logits, torch.ones(4, dtype=torch.bool))
+        + 0.01 * switch_load_balancing_loss(frac, probs.mean(0))
+        + 1e-3 * router_z_loss(logits, torch.ones(4, dtype=torch.bool))
     )
     assert a1.item() == pytest.approx(expect.item(), rel=1e-5)
 
 
 def test_frozen_router_semantics(make_bank, tokens):
     bank = make_bank(use_reverse_ema=False, z_loss_coeff=1e-2)
-    flags = sm.build_router_flags(tokens(1, 30))
+    flags = build_router_flags(tokens(1, 30))
     x = torch.randn(1, 30, 16, requires_grad=True)
     ctx = bank.context(flags, bank.default_schedule(router_frozen=True, adapters_frozen=True))
     y, aux = bank(x, 0, ctx)

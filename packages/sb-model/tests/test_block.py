@@ -4,10 +4,11 @@ temperature / load-balance boosts by layer position."""
 import pytest
 import torch
 
-from sb_model.attention import rms_norm
+from sb_model.bank.bank import layer_boosts
+from sb_model.bank.features import build_router_flags
+from sb_model.functional import rms_norm
 from sb_model.gpt import GPT
 from sb_model.gpt_config import GPTConfig
-from sb_model.router_features import build_router_flags
 
 
 def _model(**kw):
@@ -18,7 +19,7 @@ def _model(**kw):
 def _run_block(model, i, x, x0, tok):
     cfg = model.config
     masks = model.attention_masks(tok)
-    flags = build_router_flags(tok, eod_token_id=0, first_doc_tokens=cfg.first_doc_tokens, block_size=16)
+    flags = build_router_flags(tok, eod_token_id=0, first_doc_tokens=cfg.bank.first_doc_tokens, block_size=16)
     ctx = model.bank.context(flags, model.routing_schedule)
     L = cfg.num_layers
     sc = model.scalars
@@ -86,20 +87,16 @@ def test_skip_attention_layer_has_no_attention():
 
 
 def test_record_boosts_by_layer_position():
-    model = GPT(GPTConfig.record(), device="meta")
-    temp = torch.tensor([b.temp_mult for b in model.blocks])
-    lb = torch.tensor([b.lb_mult for b in model.blocks])
+    temp, lb = layer_boosts(GPTConfig.record().bank)
     assert temp[0] == 1.0 and temp[-1] == 1.0 and lb[0] == 1.0 and lb[-1] == 1.0
     assert int(temp.argmax()) == 13 and int(lb.argmax()) == 13
     assert abs(float(temp[13]) - 1.198) < 1e-3 and abs(float(lb[13]) - 1.494) < 1e-3
-    # the same values travel to the bank in the routing schedule
+    # the same values travel to the bank in the model's routing schedule
     small = _model(num_layers=6, skip_map=())
-    torch.testing.assert_close(
-        small.routing_schedule.temp_mult, torch.tensor([b.temp_mult for b in small.blocks])
-    )
-    torch.testing.assert_close(
-        small.routing_schedule.lb_mult, torch.tensor([b.lb_mult for b in small.blocks])
-    )
+    small_temp, small_lb = layer_boosts(small.config.bank)
+    assert int(small_temp.argmax()) == 2 and float(small_temp.max()) > 1.0
+    torch.testing.assert_close(small.routing_schedule.temp_mult, small_temp)
+    torch.testing.assert_close(small.routing_schedule.lb_mult, small_lb)
 
 
 @pytest.mark.parametrize(
@@ -109,13 +106,10 @@ def test_record_boosts_by_layer_position():
 def test_boost_shapes(shape, first, last):
     model = _model(
         num_layers=5,
-        router_boost_shape=shape,
-        router_temp_boost=0.5,
-        router_lb_boost=1.0,
-        router_boost_decay_scale=0.5,
+        bank=dict(boost_shape=shape, temp_boost=0.5, lb_boost=1.0, boost_decay_scale=0.5),
     )
-    temp = [b.temp_mult for b in model.blocks]
-    lb = [b.lb_mult for b in model.blocks]
+    temp = model.routing_schedule.temp_mult.tolist()
+    lb = model.routing_schedule.lb_mult.tolist()
     # mult = 1 + decay_scale * boost * shape
     assert temp[0] == pytest.approx(1 + 0.25 * first) and temp[-1] == pytest.approx(1 + 0.25 * last)
     assert lb[0] == pytest.approx(1 + 0.5 * first) and lb[-1] == pytest.approx(1 + 0.5 * last)

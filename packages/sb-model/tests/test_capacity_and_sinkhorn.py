@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-import sb_model as sm
-from sb_model.dispatch import build_dispatch, capacity_for, position_major_priority
+from sb_model.bank.dispatch import build_dispatch, capacity_for, position_major_priority
+from sb_model.bank.features import build_router_flags
+from sb_model.bank.routing import route, sinkhorn_plan
 
 
 def test_dispatch_layout_dropless():
@@ -44,11 +45,11 @@ def test_capacity_drops_latest_positions_first_and_counts():
 
 def test_bank_capacity_mode_accounting(make_bank, tokens):
     bank = make_bank(topk=2, capacity_factor=0.5, use_reverse_ema=False)
-    flags = sm.build_router_flags(tokens(1, 40))
+    flags = build_router_flags(tokens(1, 40))
     x = torch.randn(1, 40, 16)
     ctx = bank.context(flags)
     y, _ = bank(x, 0, ctx)
-    r = sm.route(bank.router_logits(x, 0, flags, None, None), torch.ones(4, dtype=torch.bool), 2)
+    r = route(bank.router_logits(x, 0, flags, None, None), torch.ones(4, dtype=torch.bool), 2)
     demanded = torch.bincount(r.topk_idx.flatten(), minlength=4).float()
     served = demanded.clamp(max=capacity_for(40, 2, 4, 0.5))
     report = bank.read_metrics()
@@ -77,14 +78,14 @@ def test_sinkhorn_marginals():
     torch.manual_seed(0)
     logits = torch.randn(64, 6) * 2
     live = torch.tensor([True, True, False, True, True, True])
-    plan = sm.sinkhorn_plan(logits, live, tau=1.0, iters=50)
+    plan = sinkhorn_plan(logits, live, tau=1.0, iters=50)
     assert plan[:, 2].abs().max().item() == 0.0
     torch.testing.assert_close(plan.sum(0)[live], torch.full((5,), 64 / 5), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(plan.sum(1), torch.ones(64), atol=1e-3, rtol=1e-3)
 
 
 def test_sinkhorn_selection_balances_training_routing(make_bank, tokens):
-    flags = sm.build_router_flags(tokens(1, 128))
+    flags = build_router_flags(tokens(1, 128))
     x = torch.randn(1, 128, 16)
     plain = make_bank(use_reverse_ema=False)
     with torch.no_grad():

@@ -4,7 +4,7 @@ whole bank (all layers) and every router feature. The checker is first shown to 
 import pytest
 import torch
 
-import sb_model as sm
+from sb_model.bank.features import build_router_flags, causal_reverse_snapshot
 
 T, D, CUT = 64, 16, 37
 
@@ -29,7 +29,7 @@ def _perturbed(tok, seed):
 
 
 def _run_bank(bank, tok, x, gumbel):
-    flags = sm.build_router_flags(tok, first_doc_tokens=8, block_pos_bins=8, block_size=16)
+    flags = build_router_flags(tok, first_doc_tokens=8, block_pos_bins=8, block_size=16)
     sched = bank.default_schedule(temperature=1.2, logit_cap=2.0, gumbel=gumbel, active_experts=3)
     ctx = bank.context(flags, sched)
     outs, routes = [], []
@@ -110,14 +110,14 @@ def test_checker_catches_the_records_leak():
     x2[:, 10:] += 1.0
     assert not torch.equal(leaky(x)[:, :10], leaky(x2)[:, :10])
     assert torch.equal(
-        sm.causal_reverse_snapshot(x, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
-        sm.causal_reverse_snapshot(x2, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
+        causal_reverse_snapshot(x, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
+        causal_reverse_snapshot(x2, 0.85, torch.zeros(1, 32, dtype=torch.bool), 16)[:, :10],
     )
 
 
 def test_flags_match_a_per_token_transcription():
     tok = torch.tensor([[50256, 3, 4, 50256, 50256, 7, 8, 9, 10, 11, 12, 13]])
-    flags = sm.build_router_flags(tok, first_doc_tokens=3, block_pos_bins=4, block_size=8)
+    flags = build_router_flags(tok, first_doc_tokens=3, block_pos_bins=4, block_size=8)
     starts = [True, True, False, False, True, True, False, False, False, False, False, False]
     last = 0
     for t in range(12):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-import sb_model as sm
+from sb_model.bank.features import build_router_flags
 
 
 def _stack(bank):
@@ -47,7 +47,7 @@ def _schedules(bank):
 def test_fullgraph_forward_backward_matches_eager(make_bank, tokens):
     # aot_eager traces forward AND backward through AOTAutograd: a host sync or graph break fails here.
     bank = _bank(make_bank, num_layers=1)
-    flags = sm.build_router_flags(tokens(1, 32))
+    flags = build_router_flags(tokens(1, 32))
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(_stack(bank), fullgraph=True, backend=counter)
     x = torch.randn(1, 32, 16, requires_grad=True)
@@ -69,7 +69,7 @@ def test_fullgraph_forward_backward_matches_eager(make_bank, tokens):
 
 def test_schedule_changes_never_recompile(make_bank, tokens):
     bank = _bank(make_bank)
-    flags = sm.build_router_flags(tokens(1, 32))
+    flags = build_router_flags(tokens(1, 32))
     counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(_stack(bank), fullgraph=True, backend=counter)
     eager = _stack(bank)
@@ -87,7 +87,7 @@ def test_schedule_changes_never_recompile(make_bank, tokens):
 
 def test_metrics_accumulate_inside_the_compiled_graph(make_bank, tokens):
     bank = _bank(make_bank, capacity_factor=0.75)
-    flags = sm.build_router_flags(tokens(1, 32))
+    flags = build_router_flags(tokens(1, 32))
     compiled = torch.compile(_stack(bank), fullgraph=True, backend="eager")
     x = torch.randn(1, 32, 16)
     sched = bank.default_schedule(temperature=1.2)
@@ -102,7 +102,7 @@ def test_metrics_accumulate_inside_the_compiled_graph(make_bank, tokens):
 @pytest.mark.slow
 def test_inductor_fullgraph_matches_eager(make_bank, tokens):
     bank = _bank(make_bank)
-    flags = sm.build_router_flags(tokens(1, 32))
+    flags = build_router_flags(tokens(1, 32))
     compiled = torch.compile(_stack(bank), fullgraph=True)
     x = torch.randn(1, 32, 16, requires_grad=True)
     for sched in _schedules(bank):

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 import sb_model as sm
+from sb_model.bank.experts import grouped_mm_supported
+from sb_model.bank.features import build_router_flags, segmented_ema
 
 
 @pytest.mark.parametrize(
@@ -31,7 +33,7 @@ def test_bad_options(kw, match):
 
 def test_bad_shapes(make_bank, tokens):
     bank = make_bank()
-    flags = sm.build_router_flags(tokens(1, 16))
+    flags = build_router_flags(tokens(1, 16))
     ctx = bank.context(flags)
     with pytest.raises(ValueError, match="model_dim=16"):
         bank(torch.randn(1, 16, 8), 0, ctx)
@@ -45,26 +47,24 @@ def test_bad_shapes(make_bank, tokens):
         bank.context(torch.zeros(1, 16, 5))
     with pytest.raises(ValueError, match="other sizes"):
         bank.context(flags, sm.RoutingSchedule.create(2, 4))
-    with pytest.raises(ValueError, match="one value per expert"):
-        bank.prune_inactive_experts(torch.ones(3), 0.1)
     with pytest.raises(ValueError, match="active_experts must be in"):
         bank.default_schedule(active_experts=0)
     with pytest.raises(ValueError, match=r"tokens must have shape"):
-        sm.build_router_flags(torch.zeros(1, 2, 3, dtype=torch.long))
+        build_router_flags(torch.zeros(1, 2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="segment_ids"):
-        sm.segmented_ema(torch.randn(1, 5, 2), 0.5, torch.zeros(1, 4, dtype=torch.long))
+        segmented_ema(torch.randn(1, 5, 2), 0.5, torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_grouped_mm_request_on_float64_is_refused(make_bank, tokens):
     bank = make_bank(dtype=torch.float64, expert_impl="grouped_mm")
-    ctx = bank.context(sm.build_router_flags(tokens(1, 8)).double())
+    ctx = bank.context(build_router_flags(tokens(1, 8)).double())
     with pytest.raises(RuntimeError, match="blocked_bmm"):
         bank(torch.randn(1, 8, 16, dtype=torch.float64), 0, ctx)
 
 
 def test_unaligned_dims_fall_back_to_blocked(make_bank, tokens):
-    assert not sm.grouped_mm_supported(torch.device("cpu"), torch.float32, (6, 32))
+    assert not grouped_mm_supported(torch.device("cpu"), torch.float32, (6, 32))
     bank = make_bank(model_dim=6)  # 6 * 4 bytes is not a multiple of 16: auto picks the blocked path
-    ctx = bank.context(sm.build_router_flags(tokens(1, 8)))
+    ctx = bank.context(build_router_flags(tokens(1, 8)))
     y, _ = bank(torch.randn(1, 8, 6), 0, ctx)
     assert y.shape == (1, 8, 6)

@@ -11,7 +11,7 @@ from sb_model.gpt_config import GPTConfig
 
 def _model(seed=0, **kw):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig.tiny(ema_window_rev=4, **kw))
+    model = GPT(GPTConfig.tiny(bank={"ema_window_rev": 4}, **kw))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for b in model.blocks:

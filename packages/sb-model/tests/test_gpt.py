@@ -134,7 +134,7 @@ def test_batch_rows_match_single_row_runs():
 def test_model_is_causal():
     """Rewriting the future (documents included) changes no logit at or before t (reverse EMA on, small
     window, so the router features matter)."""
-    model = _live(_tiny(ema_window_rev=4)).eval()
+    model = _live(_tiny(bank={"ema_window_rev": 4})).eval()
     model.set_window_blocks(2)
     tok = _tokens(B=1, T=64)
     ref = model(tok).logits
@@ -214,7 +214,7 @@ def test_layer_tie_groups_share_attention_and_adapters():
 
 
 def test_dense_variant_has_equal_active_ffn_parameters():
-    dense = _tiny(ffn="dense", topk=2)
+    dense = _tiny(ffn="dense", bank={"topk": 2})
     c = dense.parameter_counts()
     assert dense.bank is None and c["ffn_bank"] == 0 and c["adapters"] == 0
     assert c["dense_ffn"] == 4 * 2 * 32 * 64 * 2
@@ -233,7 +233,7 @@ def test_dense_variant_has_equal_active_ffn_parameters():
         (dict(skip_map=((1, 3),)), "src < dest"),
         (dict(attention="xformers"), "auto|flex|sdpa"),
         (dict(num_value_embeds=4), "0..3"),
-        (dict(router_block_pos_bins=5), "block_pos_bins"),
+        (dict(bank={"block_pos_bins": 5}), "block_pos_bins"),
         (dict(skip_attn_layers=(9,)), "skip_attn_layers"),
     ],
 )
@@ -254,7 +254,7 @@ def test_tiny_model_memorises_a_short_text():
     text = "the bank routes every token of every layer into one shared set of experts. " * 2
     ids = torch.tensor([min(ord(c) - 31, 96) for c in text])[:65]
     ids[0] = 0  # document start
-    model = _tiny(num_layers=2, skip_attn_layers=(), skip_map=(), num_experts=2, ffn_hidden=64)
+    model = _tiny(num_layers=2, skip_attn_layers=(), skip_map=(), bank={"num_experts": 2, "ffn_hidden": 64})
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     model.set_window_blocks(4)
     first = None

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sb_model as sm
+from sb_model.bank.features import build_router_flags
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +24,7 @@ def _bank(impl, dtype, seed=0):
 
 def test_grouped_mm_matches_blocked_fallback_in_bf16():
     tok = torch.randint(0, 50000, (1, 1024), device="cuda")
-    flags = sm.build_router_flags(tok, dtype=torch.bfloat16)
+    flags = build_router_flags(tok, dtype=torch.bfloat16)
     x = torch.randn(1, 1024, 128, device="cuda", dtype=torch.bfloat16)
     outs = []
     for impl in ("grouped_mm", "blocked_bmm"):
@@ -36,7 +37,7 @@ def test_grouped_mm_matches_blocked_fallback_in_bf16():
 def test_no_host_sync_in_forward_and_backward():
     bank = _bank("auto", torch.bfloat16)
     tok = torch.randint(0, 50000, (1, 1024), device="cuda")
-    flags = sm.build_router_flags(tok, dtype=torch.bfloat16)
+    flags = build_router_flags(tok, dtype=torch.bfloat16)
     x = torch.randn(1, 1024, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     sched = bank.default_schedule(temperature=1.2, logit_cap=2.0, gumbel=True, active_experts=5)
     grad = torch.randn_like(x)

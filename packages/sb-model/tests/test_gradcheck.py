@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import sb_model as sm
+from sb_model.bank.features import build_router_flags
 
 PARAMS = ("w1", "w2", "router_w", "router_b", "adapter_scale", "adapter_bias")
 
@@ -18,7 +18,7 @@ def test_float64_gradcheck_tiny_bank(make_bank, tokens, features):
             use_reverse_ema=False, switch_lb_coeff=0.1, z_loss_coeff=0.1, lb_coeff=0.1, entropy_coeff=0.1
         )
     bank = make_bank(**kw)
-    flags = sm.build_router_flags(tokens(1, 10, doc_every=4)).double()
+    flags = build_router_flags(tokens(1, 10, doc_every=4)).double()
     x = torch.randn(1, 10, 4, dtype=torch.float64, requires_grad=True)
     values = [getattr(bank, n).detach().clone().requires_grad_(True) for n in PARAMS]
 

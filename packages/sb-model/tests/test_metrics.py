@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-import sb_model as sm
+from sb_model.bank.aux_losses import cv_squared, entropy
+from sb_model.bank.features import build_router_flags
 
 
 def test_metrics_match_direct_computation_and_read_once(make_bank, tokens, monkeypatch):
     bank = make_bank(topk=2, use_reverse_ema=False)
-    flags = sm.build_router_flags(tokens(1, 40))
+    flags = build_router_flags(tokens(1, 40))
     xs = [torch.randn(1, 40, 16) for _ in range(2)]
     sched = bank.default_schedule(temperature=1.1, logit_cap=3.0)
     expected = []
@@ -23,13 +24,13 @@ def test_metrics_match_direct_computation_and_read_once(make_bank, tokens, monke
         dem = torch.bincount(top.indices.flatten(), minlength=4).float() / 80
         expected.append(
             dict(
-                imp_cv2=sm.cv_squared(imp).item(),
-                load_cv2=sm.cv_squared(load).item(),
+                imp_cv2=cv_squared(imp).item(),
+                load_cv2=cv_squared(load).item(),
                 usage_frac=(load > 0).float().mean().item(),
                 topk_prob_mean=top.values.mean().item(),
                 top1_p_mean=top.values[:, 0].mean().item(),
-                imp_entropy=sm.entropy(imp).item(),
-                load_entropy=sm.entropy(load).item(),
+                imp_entropy=entropy(imp).item(),
+                load_entropy=entropy(load).item(),
                 entropy_mean=(-(probs * probs.log()).sum(-1)).mean().item(),
                 max_logit=logits.max().item(),
                 max_frac=dem.max().item(),
@@ -87,14 +88,14 @@ def test_collapse_flag(make_bank, tokens):
     bank = make_bank(use_reverse_ema=False)
     with torch.no_grad():
         bank.router_b[0] = torch.tensor([50.0, 0, 0, 0])
-    bank(torch.randn(1, 20, 16), 0, bank.context(sm.build_router_flags(tokens(1, 20))))
+    bank(torch.randn(1, 20, 16), 0, bank.context(build_router_flags(tokens(1, 20))))
     s = bank.read_metrics().summary
     assert s["router/max_frac_max"] == 1.0 and s["router/active_min"] == 1.0 and s["router/collapsed"] == 1.0
 
 
 def test_single_expert_phase_reports_nan_max_logit_and_is_not_collapse(make_bank, tokens):
     bank = make_bank(use_reverse_ema=False)
-    ctx = bank.context(sm.build_router_flags(tokens(1, 20)), bank.default_schedule(active_experts=1))
+    ctx = bank.context(build_router_flags(tokens(1, 20)), bank.default_schedule(active_experts=1))
     bank(torch.randn(1, 20, 16), 0, ctx)
     s = bank.read_metrics().summary
     assert math.isnan(s["router/max_logit"]) and s["router/collapsed"] == 0.0
@@ -103,7 +104,7 @@ def test_single_expert_phase_reports_nan_max_logit_and_is_not_collapse(make_bank
 
 def test_max_logit_totals_give_an_interval_mean_without_reading(make_bank, tokens):
     bank = make_bank(use_reverse_ema=False)
-    flags = sm.build_router_flags(tokens(1, 20))
+    flags = build_router_flags(tokens(1, 20))
     bank(torch.randn(1, 20, 16), 0, bank.context(flags, bank.default_schedule(active_experts=1)))
     before = bank.metrics.max_logit_totals()
     for _ in range(2):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import sb_model as sm
+from sb_model.bank.features import build_router_flags
 
 
 class _RecordMatmuls(TorchDispatchMode):
@@ -33,7 +33,7 @@ def test_router_weight_gradients_are_grad_transposed_times_feature(make_bank, to
     B, T = 2, 24
     N, E, d = B * T, bank.config.num_experts, bank.config.model_dim
     tok = tokens(B, T)
-    ctx = bank.context(sm.build_router_flags(tok), bank.default_schedule(temperature=1.0))
+    ctx = bank.context(build_router_flags(tok), bank.default_schedule(temperature=1.0))
     x = torch.randn(B, T, d, requires_grad=True)
     loss = sum((bank(x * (i + 1), i, ctx)[0] ** 2).sum() for i in range(2))
     with _RecordMatmuls() as rec:

@@ -4,7 +4,7 @@ op under torch.compile) give exactly the values and gradients of plain index_sel
 import pytest
 import torch
 
-from sb_model.dispatch import (
+from sb_model.bank.dispatch import (
     build_dispatch,
     capacity_for,
     combine_rows,

@@ -1,4 +1,4 @@
-"""Causal self-attention of one SwitchBank layer (spec 2.4).
+"""Causal self-attention of one SwitchBank layer (docs/design/model.md, attention).
 
 q, k, v come from one fused weight ``qkvo_w`` of shape (4, H·D, d) (slices q, k, v, out; the optimizer can
 treat it as a stack of four matrices). q and k are RMS-normed per head and rotated, v is RMS-normed and mixed
@@ -16,13 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sb_model.attention_masks import flex_attention
-from sb_model.experts import init_linear_
+from sb_model.functional import init_linear_, rms_norm
 from sb_model.rotary import Rotary
-
-
-def rms_norm(x: Tensor) -> Tensor:
-    """RMSNorm over the last dimension with no learnable weight (the reference's ``norm``)."""
-    return F.rms_norm(x, (x.shape[-1],))
 
 
 class KVCache:

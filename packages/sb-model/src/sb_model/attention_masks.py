@@ -1,4 +1,4 @@
-"""Document-causal attention masks with block-granular sliding windows (spec 2.5).
+"""Document-causal attention masks with block-granular sliding windows (docs/design/model.md, masks).
 
 Token rule. With documents numbered ``docs = cumsum(tokens == eod)`` (the end-of-document token opens the next
 document, the reference's attention convention) and blocks of ``block_size`` tokens, query q may
@@ -24,7 +24,6 @@ Window sizes are tensors in both, so a compiled model sees new values, not new c
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -147,25 +146,57 @@ def flex_block_mask(layout: BlockLayout, docs: Tensor, window_blocks: Tensor, bl
     )
 
 
-def block_mask_to_dense(block_mask, seq_len: int) -> Tensor:
-    """Expand a BlockMask into its (B, 1, T, T) token mask (kept blocks, with mask_mod on partial blocks).
-    For tests and debugging; materialises T² booleans."""
-    partial = block_mask.kv_num_blocks, block_mask.kv_indices
-    full = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
-    B = partial[0].shape[0]
-    bs = block_mask.BLOCK_SIZE[1]
-    nb = math.ceil(seq_len / bs)
+class AttentionMasks(NamedTuple):
+    """The two masks of one forward: long-window layers use ``long``, the others ``short`` (half window)."""
 
-    def kept(num: Tensor, ind: Tensor) -> Tensor:
-        rank = torch.arange(ind.shape[-1], device=ind.device)
-        sel = rank < num[..., None]
-        dense = torch.zeros(*ind.shape[:-1], nb, dtype=torch.bool, device=ind.device)
-        return dense.scatter_(-1, ind.long(), sel)  # (B, H, NBq, NBk)
+    long: object  # BlockMask or (B, 1, Tq, Tk) bool tensor
+    short: object
 
-    part = kept(*partial)[:, :1]
-    full_b = kept(*full)[:, :1] if full[0] is not None else torch.zeros_like(part)
-    expand = lambda m: m.repeat_interleave(bs, -2).repeat_interleave(bs, -1)[..., :seq_len, :seq_len]  # noqa: E731
-    q = torch.arange(seq_len)
-    b = torch.arange(B)
-    token = block_mask.mask_mod(b[:, None, None, None], 0, q[None, None, :, None], q[None, None, None, :])
-    return (expand(part) & token) | expand(full_b)
+
+def use_flex_attention(mode: str, device: torch.device) -> bool:
+    """Whether attention ``mode`` ("auto", "flex", "sdpa") runs FlexAttention on ``device``.
+
+    auto: FlexAttention where it runs fused and differentiable: CUDA, or CPU inference under torch.compile
+    (FlexAttention has no CPU backward); SDPA with the explicit mask everywhere else."""
+    if mode == "flex":
+        if not FLEX_AVAILABLE:
+            raise RuntimeError("attention='flex' but FlexAttention is not in this torch build; use 'sdpa'")
+        return True
+    if mode == "sdpa" or not FLEX_AVAILABLE:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.compiler.is_compiling() and not torch.is_grad_enabled()
+
+
+def sequence_masks(
+    tokens: Tensor, eod_token_id: int, window_blocks: Tensor, block_size: int, *, flex: bool
+) -> AttentionMasks:
+    """Long- and short-window masks of a whole sequence: BlockMasks (``flex``) or boolean masks."""
+    docs = document_ids(tokens, eod_token_id)
+    w_short = torch.div(window_blocks, 2, rounding_mode="floor")
+    if flex:
+        layout = block_layout(docs, block_size)
+        return AttentionMasks(
+            flex_block_mask(layout, docs, window_blocks, block_size),
+            flex_block_mask(layout, docs, w_short, block_size),
+        )
+    return AttentionMasks(
+        dense_attention_mask(docs, window_blocks, block_size),
+        dense_attention_mask(docs, w_short, block_size),
+    )
+
+
+def decode_masks(
+    tokens: Tensor, offset: int, eod_token_id: int, window_blocks: Tensor, block_size: int
+) -> AttentionMasks:
+    """Rectangular masks of the new positions ``offset..T-1`` of ``tokens`` (B, T) against all T positions."""
+    docs = document_ids(tokens, eod_token_id)
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
+    w_short = torch.div(window_blocks, 2, rounding_mode="floor")
+    return AttentionMasks(
+        *(
+            document_causal_window_mask(docs[:, offset:], docs, pos[offset:], pos, w, block_size)
+            for w in (window_blocks, w_short)
+        )
+    )

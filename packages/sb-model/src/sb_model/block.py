@@ -1,16 +1,21 @@
-"""One SwitchBank layer (spec 2.7): residual mix with the embedding, attention (unless the layer skips it),
-then the shared bank on the normed residual. A dense per-layer FFN can replace the bank
-(baseline/ablation)."""
+"""One SwitchBank layer: residual mix, attention (unless skipped), then the shared bank on the normed input.
+
+(docs/design/model.md, block.) A dense per-layer FFN can replace the bank (baseline/ablation)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from sb_model.attention import CausalSelfAttention, rms_norm
-from sb_model.bank import RoutingContext, SharedExpertBank
-from sb_model.decode_cache import LayerCache
-from sb_model.experts import init_linear_, relu_squared
+from sb_model.attention import CausalSelfAttention
+from sb_model.bank.bank import SharedExpertBank
+from sb_model.bank.router import RoutingContext
+from sb_model.functional import init_linear_, relu_squared, rms_norm
+
+if TYPE_CHECKING:
+    from sb_model.generation import LayerCache
 
 
 class DenseFFN(nn.Module):
@@ -28,9 +33,8 @@ class DenseFFN(nn.Module):
 
 class Block(nn.Module):
     """Layer ``layer_idx``. Its scalars (residual lambdas, value lambdas) live in the GPT's ``scalars`` vector
-    and are passed in; its temperature and load-balance boosts (``temp_mult``, ``lb_mult``, set
-    from the layer's
-    position by the GPT) reach the bank through the routing schedule."""
+    and are passed in; its router's temperature and load-balance boosts reach the bank through the routing
+    schedule."""
 
     def __init__(
         self,
@@ -38,23 +42,18 @@ class Block(nn.Module):
         attn: CausalSelfAttention | None,
         *,
         long_window: bool,
-        temp_mult: float = 1.0,
-        lb_mult: float = 1.0,
         dense_ffn: DenseFFN | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.attn = attn
         self.long_window = long_window
-        self.temp_mult = temp_mult
-        self.lb_mult = lb_mult
         self.dense_ffn = dense_ffn
 
     def extra_repr(self) -> str:
         return (
             f"layer={self.layer_idx}, attention={'long' if self.long_window else 'short'}"
-            f"{'' if self.attn is not None else ' (skipped)'}, temp_mult={self.temp_mult:.4f}, "
-            f"lb_mult={self.lb_mult:.4f}"
+            f"{'' if self.attn is not None else ' (skipped)'}"
         )
 
     def forward(

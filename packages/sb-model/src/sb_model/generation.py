@@ -1,9 +1,103 @@
-"""Autoregressive sampling from a :class:`~sb_model.gpt.GPT`, with or without a KV cache."""
+"""Generation from a :class:`~sb_model.gpt.GPT`: the KV-cached decode step and its state, and sampling.
+
+Decoding one token at a time keeps, per layer, the attention keys/values and, for the routers' EMA context
+features (which read earlier tokens of the document), the input history of each EMA group's first layer.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from sb_model.attention import KVCache
+from sb_model.attention_masks import decode_masks
+from sb_model.bank.bank import SharedExpertBank
+from sb_model.bank.features import document_starts
+from sb_model.bank.router import RoutingContext, ema_features, ema_group
+
+
+class RouterFeatureHistory:
+    """Inputs of each EMA group's first layer so far. Before the bank runs that layer on new positions,
+    :meth:`prime` computes the group's EMA features over the whole history and stores those of the new
+    positions in the routing context, where the bank finds them (it then skips its own computation)."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, Tensor] = {}
+        self.doc_start: Tensor | None = None  # (B, T_total) document starts of all tokens so far
+
+    def prime(self, bank: SharedExpertBank, layer_idx: int, h: Tensor, ctx: RoutingContext) -> None:
+        cfg = bank.config
+        group = ema_group(cfg, layer_idx)
+        if not (cfg.use_forward_ema or cfg.use_reverse_ema) or layer_idx != group:
+            return
+        prev = self.inputs.get(group)
+        hist = h if prev is None else torch.cat([prev, h], dim=1)
+        self.inputs[group] = hist
+        if self.doc_start is None or self.doc_start.shape[:2] != hist.shape[:2]:
+            raise RuntimeError("RouterFeatureHistory.doc_start must cover every token decoded so far")
+        n = h.shape[1]
+        fwd, rev = ema_features(
+            cfg, hist, bank.ema_alpha_fwd[group], bank.ema_alpha_rev[group], self.doc_start
+        )
+        ctx.ema_cache[group] = (None if fwd is None else fwd[:, -n:], None if rev is None else rev[:, -n:])
+
+
+class LayerCache:
+    """What one layer keeps between decoding calls."""
+
+    def __init__(self, kv: KVCache | None, features: RouterFeatureHistory | None) -> None:
+        self.kv = kv
+        self.features = features
+
+
+class DecodeState:
+    """All layers' caches plus the tokens decoded so far (B, T_total)."""
+
+    def __init__(
+        self, layers: list[LayerCache], tokens: Tensor, features: RouterFeatureHistory | None
+    ) -> None:
+        self.layers = layers
+        self.tokens = tokens
+        self.features = features
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+
+def new_decode_state(model, batch: int, max_len: int) -> DecodeState:
+    """Empty caches for decoding up to ``max_len`` positions per row."""
+    cfg = model.config
+    if max_len > cfg.max_seq_len:
+        raise ValueError(f"decoding {max_len} positions exceeds max_seq_len={cfg.max_seq_len}")
+    dev, dt = model.embed.weight.device, model.embed.weight.dtype
+    features = RouterFeatureHistory() if model.bank is not None else None
+    layers = [
+        LayerCache(
+            None
+            if b.attn is None
+            else KVCache(batch, cfg.num_heads, cfg.head_dim, max_len, dtype=dt, device=dev),
+            features,
+        )
+        for b in model.blocks
+    ]
+    return DecodeState(layers, torch.zeros(batch, 0, dtype=torch.long, device=dev), features)
+
+
+@torch.no_grad()
+def decode(model, new_tokens: Tensor, state: DecodeState) -> Tensor:
+    """Run the new positions ``new_tokens`` (B, n) against the cached past; returns their logits
+    (B, n, vocab_size). Uses the explicit-mask SDPA path (the masks are rectangular)."""
+    cfg = model.config
+    offset = state.length
+    tokens = torch.cat([state.tokens, new_tokens.to(state.tokens.dtype)], dim=1)
+    state.tokens = tokens
+    masks = decode_masks(tokens, offset, cfg.eod_token_id, model.window_blocks, cfg.block_size)
+    if state.features is not None:
+        state.features.doc_start = document_starts(tokens, cfg.eod_token_id)
+    flags = model.router_flags(tokens)[:, offset:]
+    x, _ = model.run_blocks(new_tokens, masks, flags, state.layers)
+    return model.head(x)[..., : cfg.vocab_size]
 
 
 def sample_next(
@@ -61,11 +155,11 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        state = model.new_decode_state(tokens.shape[0], total) if use_cache else None
+        state = new_decode_state(model, tokens.shape[0], total) if use_cache else None
         new = tokens
         for _ in range(max_new_tokens):
             if state is not None:
-                logits = model.decode(new, state)[:, -1]
+                logits = decode(model, new, state)[:, -1]
             else:
                 logits = model(tokens, attention="sdpa").logits[:, -1]
             nxt = sample_next(logits, temperature, top_k, generator)[:, None]

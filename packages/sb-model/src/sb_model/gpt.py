@@ -1,38 +1,35 @@
-"""The SwitchBank GPT (spec 2.2, 2.6, 2.10, 2.11): embeddings, L blocks that share one expert bank,
-U-net style
-skips, the soft-capped head and the loss.
+"""The SwitchBank GPT, read top to bottom: construction, then forward = embed -> blocks -> head -> loss.
 
-Per forward the model builds, from the token ids only: document ids and the attention masks (long and short
-windows), the router flag features, and the bank's routing context. Schedule values are tensors held by the
-model (``routing_schedule``, ``window_blocks``), updated in place by the trainer, so a compiled model never
-recompiles when they change.
+Embeddings, L blocks that share one expert bank, U-net style skips, the soft-capped head and the loss
+(docs/design/model.md). Per forward the model builds, from the token ids only, the attention masks (long and
+short windows) and the router flag features. Schedule values are tensors held by the model
+(``routing_schedule``, ``window_blocks``), updated in place by the trainer, so a compiled model never
+recompiles when they change. Decoding lives in :mod:`sb_model.generation`, parameter accounting in
+:mod:`sb_model.parameter_counts`, mask building in :mod:`sb_model.attention_masks`.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sb_model.attention import CausalSelfAttention, KVCache, rms_norm
-from sb_model.attention_masks import (
-    FLEX_AVAILABLE,
-    block_layout,
-    dense_attention_mask,
-    document_causal_window_mask,
-    document_ids,
-    flex_block_mask,
-)
-from sb_model.bank import SharedExpertBank
+from sb_model import generation, parameter_counts
+from sb_model.attention import CausalSelfAttention
+from sb_model.attention_masks import AttentionMasks, sequence_masks, use_flex_attention
+from sb_model.bank.bank import SharedExpertBank, layer_boosts
+from sb_model.bank.router import router_flags
 from sb_model.block import Block, DenseFFN
-from sb_model.decode_cache import DecodeState, LayerCache, RouterFeatureHistory
-from sb_model.experts import init_linear_
+from sb_model.functional import init_linear_, rms_norm
+from sb_model.generation import DecodeState, LayerCache
 from sb_model.gpt_config import GPTConfig
 from sb_model.rotary import Rotary
-from sb_model.router_features import build_router_flags, document_starts
-from sb_model.schedules import RoutingSchedule, active_expert_mask, layer_multipliers
+from sb_model.schedules import RoutingSchedule
+
+_SCHEDULE_TENSORS = tuple(f.name for f in fields(RoutingSchedule))  # each held as buffer ``sched_<name>``
 
 
 class GPTOutput(NamedTuple):
@@ -40,11 +37,6 @@ class GPTOutput(NamedTuple):
     loss: Tensor | None  # training: CE + Σ aux; eval: CE (None without targets)
     ce_loss: Tensor | None
     aux_loss: Tensor  # Σ over layers of the bank's aux loss
-
-
-class AttentionMasks(NamedTuple):
-    long: object  # BlockMask or (B, 1, Tq, Tk) bool tensor
-    short: object
 
 
 class GPT(nn.Module):
@@ -64,23 +56,15 @@ class GPT(nn.Module):
         for i in range(L):
             if i not in cfg.skip_attn_layers and owners[i] not in attn_by_owner:
                 attn_by_owner[owners[i]] = CausalSelfAttention(d, cfg.head_dim, scale=cfg.attn_scale, **kw)
-        self.bank = SharedExpertBank(cfg.bank_config(), **kw) if cfg.ffn == "bank" else None
-        boost = cfg.router_boost_decay_scale
-        temp_mult = layer_multipliers(
-            L, boost * cfg.router_temp_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac
-        )
-        lb_mult = layer_multipliers(
-            L, boost * cfg.router_lb_boost, cfg.router_boost_shape, cfg.router_layer_peak_frac
-        )
+        self.bank = SharedExpertBank(cfg.bank, **kw) if cfg.ffn == "bank" else None
+        dense_hidden = cfg.bank.topk * cfg.bank.ffn_hidden  # a dense baseline has the bank's active size
         long_layers = set(cfg.long_layers)
         self.blocks = nn.ModuleList(
             Block(
                 i,
                 None if i in cfg.skip_attn_layers else attn_by_owner[owners[i]],
                 long_window=i in long_layers,
-                temp_mult=float(temp_mult[i]),
-                lb_mult=float(lb_mult[i]),
-                dense_ffn=DenseFFN(d, cfg.ffn_hidden * cfg.topk, **kw) if cfg.ffn == "dense" else None,
+                dense_ffn=DenseFFN(d, dense_hidden, **kw) if cfg.ffn == "dense" else None,
             )
             for i in range(L)
         )
@@ -92,26 +76,19 @@ class GPT(nn.Module):
             self.lm_head = nn.Parameter(torch.empty(V, d, **kw))
         self._ve_layers = cfg.value_embed_layers()
         self._skips = cfg.skip_connections
-        # schedule tensors (set in place by the trainer; never recompile)
+        # schedule tensors (set in place by the trainer; never recompile): window and routing schedule
         self.register_buffer(
             "window_blocks",
             torch.tensor(cfg.max_window_tokens // cfg.block_size, dtype=torch.int32, device=device),
             persistent=False,
         )
-        E = cfg.num_experts
-        self.register_buffer("sched_temperature", torch.ones((), device=device), persistent=False)
-        self.register_buffer("sched_logit_cap", torch.zeros((), device=device), persistent=False)
-        self.register_buffer("sched_gumbel", torch.zeros((), device=device), persistent=False)
-        self.register_buffer("sched_active_mask", active_expert_mask(E, E, device), persistent=False)
-        self.register_buffer("sched_temp_mult", temp_mult.to(device), persistent=False)
-        self.register_buffer("sched_lb_mult", lb_mult.to(device), persistent=False)
-        self.register_buffer(
-            "sched_router_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False
+        temp_mult, lb_mult = layer_boosts(cfg.bank)
+        schedule = RoutingSchedule.create(
+            L, cfg.bank.num_experts, temp_mult=temp_mult, lb_mult=lb_mult, device=device
         )
-        self.register_buffer(
-            "sched_adapters_frozen", torch.zeros((), dtype=torch.bool, device=device), persistent=False
-        )
-        # untie state: set by untie_lm_head(); the buffer makes it survive a checkpoint (see the load hook)
+        for name in _SCHEDULE_TENSORS:
+            self.register_buffer(f"sched_{name}", getattr(schedule, name), persistent=False)
+        # tie/untie state: the copy happens once; the buffer makes it survive a checkpoint
         self.register_buffer("lm_head_copied", torch.zeros((), dtype=torch.bool, device=device))
         self._head_untied = not cfg.tie_lm_head
         self.register_load_state_dict_post_hook(_read_head_tying)
@@ -134,16 +111,7 @@ class GPT(nn.Module):
     def routing_schedule(self) -> RoutingSchedule:
         """The routing schedule tensors of this model (shared with its buffers: ``set_`` updates
         the model)."""
-        return RoutingSchedule(
-            temperature=self.sched_temperature,
-            logit_cap=self.sched_logit_cap,
-            gumbel=self.sched_gumbel,
-            active_mask=self.sched_active_mask,
-            temp_mult=self.sched_temp_mult,
-            lb_mult=self.sched_lb_mult,
-            router_frozen=self.sched_router_frozen,
-            adapters_frozen=self.sched_adapters_frozen,
-        )
+        return RoutingSchedule(**{name: getattr(self, f"sched_{name}") for name in _SCHEDULE_TENSORS})
 
     @torch.no_grad()
     def set_window_blocks(self, long_blocks: int) -> None:
@@ -174,63 +142,47 @@ class GPT(nn.Module):
         return self.embed.weight
 
     # ----------------------------------------------------------------------------------------- forward
-    def _use_flex(self, attention: str | None, device: torch.device) -> bool:
-        mode = attention or self.config.attention
-        if mode == "flex":
-            if not FLEX_AVAILABLE:
-                raise RuntimeError(
-                    "attention='flex' but FlexAttention is not in this torch build; use 'sdpa'"
-                )
-            return True
-        if mode == "sdpa":
-            return False
-        # auto: FlexAttention where it runs fused and differentiable: CUDA, or CPU inference under
-        # torch.compile
-        # (FlexAttention has no CPU backward); SDPA with the explicit mask everywhere else
-        if not FLEX_AVAILABLE:
-            return False
-        if device.type == "cuda":
-            return True
-        return device.type == "cpu" and torch.compiler.is_compiling() and not torch.is_grad_enabled()
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        return_logits: bool | None = None,
+        attention: str | None = None,
+    ) -> GPTOutput:
+        """idx: (B, T) or (T,) token ids; targets: same shape (ignore_index -100). Returns a
+        :class:`GPTOutput`.
+
+        ``return_logits`` defaults to True without targets and False with them (the loss alone avoids handing
+        back a (B, T, vocab) tensor). ``attention`` overrides the config's backend for this call."""
+        tokens = as_token_batch(idx)
+        masks = self.attention_masks(tokens, attention)
+        x, aux = self.run_blocks(tokens, masks, self.router_flags(tokens))
+        logits = self.head(x)
+        ce = loss = None
+        if targets is not None:
+            tgt = targets.reshape(tokens.shape)
+            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.reshape(-1).long())
+            loss = ce + aux if self.training else ce
+        if return_logits is None:
+            return_logits = targets is None
+        return GPTOutput(logits[..., : self.config.vocab_size] if return_logits else None, loss, ce, aux)
 
     def attention_masks(self, tokens: Tensor, attention: str | None = None) -> AttentionMasks:
+        """Long- and short-window masks of ``tokens`` (B, T) for backend ``attention`` (default: config's)."""
         cfg = self.config
-        docs = document_ids(tokens, cfg.eod_token_id)
-        w_long = self.window_blocks
-        w_short = torch.div(w_long, 2, rounding_mode="floor")
-        if self._use_flex(attention, tokens.device):
-            layout = block_layout(docs, cfg.block_size)
-            return AttentionMasks(
-                flex_block_mask(layout, docs, w_long, cfg.block_size),
-                flex_block_mask(layout, docs, w_short, cfg.block_size),
-            )
-        return AttentionMasks(
-            dense_attention_mask(docs, w_long, cfg.block_size),
-            dense_attention_mask(docs, w_short, cfg.block_size),
-        )
+        flex = use_flex_attention(attention or cfg.attention, tokens.device)
+        return sequence_masks(tokens, cfg.eod_token_id, self.window_blocks, cfg.block_size, flex=flex)
 
-    def _flags(self, tokens: Tensor, dtype: torch.dtype) -> Tensor:
-        cfg = self.config
-        return build_router_flags(
-            tokens,
-            eod_token_id=cfg.eod_token_id,
-            first_doc_tokens=cfg.first_doc_tokens,
-            block_pos_bins=cfg.router_block_pos_bins,
-            block_size=cfg.block_size,
-            dtype=dtype,
-        )
+    def router_flags(self, tokens: Tensor) -> Tensor:
+        """(B, T, 3 + bins) router flag features of ``tokens``, in the parameters' dtype."""
+        return router_flags(self.config.bank, tokens, self.embed.weight.dtype)
 
-    def _check_tokens(self, idx: Tensor) -> Tensor:
-        tokens = idx[None] if idx.dim() == 1 else idx
-        if tokens.dim() != 2:
-            raise ValueError(f"input ids must have shape (T,) or (B, T), got {tuple(idx.shape)}")
-        if tokens.dtype.is_floating_point:
-            raise TypeError(f"input ids must be an integer tensor, got {tokens.dtype}")
-        return tokens
-
-    def _stack(
-        self, tokens: Tensor, masks: AttentionMasks, flags: Tensor, state: DecodeState | None
+    def run_blocks(
+        self, tokens: Tensor, masks: AttentionMasks, flags: Tensor, caches: list[LayerCache] | None = None
     ) -> tuple[Tensor, Tensor]:
+        """Embed ``tokens`` and run every block: (final normed residual (B, T, d), Σ aux loss ()).
+        ``caches`` (one per layer) only when decoding."""
         L = self.config.num_layers
         x0 = rms_norm(self.embed(tokens))
         x = x0
@@ -254,90 +206,28 @@ class GPT(nn.Module):
                 self.rotary,
                 self.bank,
                 ctx,
-                None if state is None else state.layers[i],
+                None if caches is None else caches[i],
             )
             aux = aux + a.float()
             outputs.append(x)
         return rms_norm(x), aux
 
-    def _logits(self, x: Tensor) -> Tensor:
+    def head(self, x: Tensor) -> Tensor:
+        """(B, T, padded vocab) float32 logits, soft-capped into (-cap, cap) when ``logit_softcap`` > 0."""
         z = F.linear(x, self.head_weight.type_as(x)).float()
         cap = self.config.logit_softcap
         if cap > 0:
             z = cap * z * torch.rsqrt(z.square() + cap * cap)  # ISRU soft cap into (-cap, cap)
         return z
 
-    def forward(
-        self,
-        idx: Tensor,
-        targets: Tensor | None = None,
-        *,
-        return_logits: bool | None = None,
-        attention: str | None = None,
-    ) -> GPTOutput:
-        """idx: (B, T) or (T,) token ids; targets: same shape (ignore_index -100). Returns a
-        :class:`GPTOutput`.
-
-        ``return_logits`` defaults to True without targets and False with them (the loss alone avoids handing
-        back a (B, T, vocab) tensor). ``attention`` overrides the config's backend for this call."""
-        cfg = self.config
-        tokens = self._check_tokens(idx)
-        masks = self.attention_masks(tokens, attention)
-        x, aux = self._stack(tokens, masks, self._flags(tokens, self.embed.weight.dtype), None)
-        logits = self._logits(x)
-        ce = loss = None
-        if targets is not None:
-            tgt = targets.reshape(tokens.shape)
-            ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.reshape(-1).long())
-            loss = ce + aux if self.training else ce
-        if return_logits is None:
-            return_logits = targets is None
-        return GPTOutput(logits[..., : cfg.vocab_size] if return_logits else None, loss, ce, aux)
-
-    # ----------------------------------------------------------------------------------------- decoding
+    # ----------------------------------------------------------------------------------------- generation
     def new_decode_state(self, batch: int, max_len: int) -> DecodeState:
-        """Empty caches for decoding up to ``max_len`` positions per row."""
-        cfg = self.config
-        if max_len > cfg.max_seq_len:
-            raise ValueError(f"decoding {max_len} positions exceeds max_seq_len={cfg.max_seq_len}")
-        dev, dt = self.embed.weight.device, self.embed.weight.dtype
-        features = RouterFeatureHistory() if self.bank is not None else None
-        layers = [
-            LayerCache(
-                None
-                if b.attn is None
-                else KVCache(batch, cfg.num_heads, cfg.head_dim, max_len, dtype=dt, device=dev),
-                features,
-            )
-            for b in self.blocks
-        ]
-        return DecodeState(layers, torch.zeros(batch, 0, dtype=torch.long, device=dev), features)
+        """Empty caches for decoding up to ``max_len`` positions per row (see :mod:`sb_model.generation`)."""
+        return generation.new_decode_state(self, batch, max_len)
 
-    @torch.no_grad()
     def decode(self, new_tokens: Tensor, state: DecodeState) -> Tensor:
-        """Run the new positions ``new_tokens`` (B, n) against the cached past; returns their logits
-        (B, n, vocab_size). Uses the explicit-mask SDPA path (the masks are rectangular)."""
-        cfg = self.config
-        new_tokens = self._check_tokens(new_tokens)
-        offset = state.length
-        tokens = torch.cat([state.tokens, new_tokens.to(state.tokens.dtype)], dim=1)
-        state.tokens = tokens
-        T = tokens.shape[1]
-        docs = document_ids(tokens, cfg.eod_token_id)
-        pos = torch.arange(T, device=tokens.device)
-        w_long = self.window_blocks
-        w_short = torch.div(w_long, 2, rounding_mode="floor")
-        masks = AttentionMasks(
-            *(
-                document_causal_window_mask(docs[:, offset:], docs, pos[offset:], pos, w, cfg.block_size)
-                for w in (w_long, w_short)
-            )
-        )
-        if state.features is not None:
-            state.features.doc_start = document_starts(tokens, cfg.eod_token_id)
-        flags = self._flags(tokens, self.embed.weight.dtype)[:, offset:]
-        x, _ = self._stack(new_tokens, masks, flags, state)
-        return self._logits(x)[..., : cfg.vocab_size]
+        """Logits (B, n, vocab_size) of the new positions ``new_tokens`` (B, n) against the cached past."""
+        return generation.decode(self, as_token_batch(new_tokens), state)
 
     def generate(
         self,
@@ -348,77 +238,30 @@ class GPT(nn.Module):
         **kwargs,
     ) -> Tensor:
         """See :func:`sb_model.generation.generate`."""
-        from sb_model.generation import generate
-
-        return generate(self, prompt_ids, max_new_tokens, temperature, top_k, **kwargs)
+        return generation.generate(self, prompt_ids, max_new_tokens, temperature, top_k, **kwargs)
 
     # ----------------------------------------------------------------------------------------- accounting
     def parameter_counts(self) -> dict[str, int]:
-        """Unique parameters by category (spec 1.3): attention, experts, routers, ffn_bank (=
-        experts + routers),
-        dense_ffn, token_embed, value_embeds, embeddings, lm_head, adapters, scalars, other, total."""
-        seen: set[int] = set()
-
-        def count(params) -> int:
-            n = 0
-            for p in params:
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    n += p.numel()
-            return n
-
-        out: dict[str, int] = {}
-        out["attention"] = count(b.attn.qkvo_w for b in self.blocks if b.attn is not None)
-        bank = self.bank
-        out["experts"] = count([bank.w1, bank.w2]) if bank is not None else 0
-        out["routers"] = count([bank.router_w, bank.router_b]) if bank is not None else 0
-        out["ffn_bank"] = out["experts"] + out["routers"]
-        out["dense_ffn"] = count(
-            p for b in self.blocks if b.dense_ffn is not None for p in b.dense_ffn.parameters()
-        )
-        out["token_embed"] = count([self.embed.weight])
-        out["value_embeds"] = count(ve.weight for ve in self.value_embeds)
-        out["embeddings"] = out["token_embed"] + out["value_embeds"]
-        out["lm_head"] = count([self.lm_head])
-        out["adapters"] = count([bank.adapter_scale, bank.adapter_bias]) if bank is not None else 0
-        out["scalars"] = count([self.scalars])
-        out["other"] = count(self.parameters())
-        out["total"] = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
-        return out
+        """See :func:`sb_model.parameter_counts.parameter_counts`."""
+        return parameter_counts.parameter_counts(self)
 
     def format_parameter_counts(self) -> str:
-        """The reference's printed block (spec 1.3), values as ``n:, (n/1e6:.3f M)``."""
-        c = self.parameter_counts()
-        cfg = self.config
-        f = lambda n: f"{n:,} ({n / 1e6:.3f}M)"  # noqa: E731
-        n_attn = sum(b.attn is not None for b in self.blocks)
-        lines = [
-            "=== Parameter counts ===",
-            f"model total: {f(c['total'])}",
-            f"attention stack ({n_attn} of {cfg.num_layers} layers run attention): {f(c['attention'])}",
-        ]
-        if self.bank is not None:
-            lines += [
-                f"FFN bank total: {f(c['ffn_bank'])}",
-                f"  ├─ experts W1/W2: {f(c['experts'])}",
-                f"  └─ routers: {f(c['routers'])}",
-            ]
-        else:
-            lines.append(f"dense FFNs: {f(c['dense_ffn'])}")
-        lines += [
-            f"embeddings (tok + {cfg.num_value_embeds}× value): {f(c['embeddings'])}",
-            f"  └─ token embed: {f(c['token_embed'])}",
-            f"  └─ value embeds: {f(c['value_embeds'])}",
-            f"lm head ({'untied' if self.lm_head is not None else 'tied'}): {f(c['lm_head'])}",
-            f"adapters: {f(c['adapters'])}",
-            f"scalars: {f(c['scalars'])}",
-        ]
-        if c["other"]:
-            lines.append(f"other (unclassified): {f(c['other'])}")
-        return "\n".join(lines)
+        """See :func:`sb_model.parameter_counts.format_parameter_counts`."""
+        return parameter_counts.format_parameter_counts(self)
+
+
+def as_token_batch(idx: Tensor) -> Tensor:
+    """Token ids as (B, T): a (T,) input gets a batch dimension; anything else is refused with the reason."""
+    tokens = idx[None] if idx.dim() == 1 else idx
+    if tokens.dim() != 2:
+        raise ValueError(f"input ids must have shape (T,) or (B, T), got {tuple(idx.shape)}")
+    if tokens.dtype.is_floating_point:
+        raise TypeError(f"input ids must be an integer tensor, got {tokens.dtype}")
+    return tokens
 
 
 def _read_head_tying(model: GPT, incompatible_keys: object) -> None:
     """After ``load_state_dict``: the head is untied iff the model is untied by construction or the loaded
     state says ``untie_lm_head()`` ran."""
     model._head_untied = not model.config.tie_lm_head or bool(model.lm_head_copied)
+

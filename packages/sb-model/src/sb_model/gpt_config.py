@@ -1,18 +1,18 @@
-"""`GPTConfig`: every shape and option of a SwitchBank GPT in one validated dataclass, with the
-record preset."""
+"""`GPTConfig`: every shape and option of a SwitchBank GPT, with the bank's options nested as a BankConfig.
+
+One validated dataclass, with the record and tiny presets; the nested
+:class:`~sb_model.bank.config.BankConfig` gets its GPT facts (width, depth, ...) filled in from here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from sb_model.attention_masks import long_window_layers
-from sb_model.config import BankConfig
+from sb_model.bank.config import BankConfig
 
 AttentionImpl = Literal["auto", "flex", "sdpa"]
 FFNKind = Literal["bank", "dense"]
-BoostShape = Literal["peak", "valley", "linear_start", "linear_end"]
 
 REFERENCE_SKIP_MAP: tuple[tuple[int, int], ...] = ((9, 6), (10, 4), (11, 2))  # (destination, source) layers
 
@@ -53,30 +53,10 @@ class GPTConfig:
     untie_lm_head_later: bool = False  # tied head with its own weights ready for GPT.untie_lm_head()
     logit_softcap: float = 15.0
     eod_token_id: int = 50256
-    # FFN: the shared bank (or a dense per-layer FFN of the same active size, for baselines)
+    # FFN: the shared bank (or, for baselines, a dense per-layer FFN of the bank's active size
+    # bank.topk * bank.ffn_hidden)
     ffn: FFNKind = "bank"
-    num_experts: int = 8
-    ffn_hidden: int = 1024
-    topk: int = 1
-    lb_coeff: float = 2.15e-3
-    router_entropy_coeff: float = 2.5e-3
-    use_router_adapters: bool = True
-    router_block_pos_bins: int = 8
-    first_doc_tokens: int = 64
-    router_enable_forward_ema: bool = False
-    router_enable_reverse_ema: bool = True
-    ema_alpha_fwd: float = 0.80
-    ema_alpha_rev: float = 0.85
-    ema_window_fwd: int = 128
-    ema_window_rev: int = 384
-    router_ema_layer_stride: int = -1
-    bank_options: Mapping[str, Any] = field(default_factory=dict)  # any other BankConfig field
-    # Per-layer router boosts by layer position (spec 2.7 step 3)
-    router_boost_shape: BoostShape = "peak"
-    router_temp_boost: float = 0.2
-    router_lb_boost: float = 0.5
-    router_layer_peak_frac: float = 0.475
-    router_boost_decay_scale: float = 1.0  # the reference passes a constant 1.0
+    bank: BankConfig = field(default_factory=BankConfig)  # its GPT fields are filled in from this config
 
     def __post_init__(self) -> None:
         L = self.num_layers
@@ -135,12 +115,19 @@ class GPTConfig:
             "untie_lm_head_later needs tie_lm_head=True (an untied head has nothing to untie)",
         )
         need(
-            self.router_boost_shape in ("peak", "valley", "linear_start", "linear_end"),
-            "router_boost_shape must be peak|valley|linear_start|linear_end "
-            f"(got {self.router_boost_shape!r})",
+            isinstance(self.bank, BankConfig),
+            f"bank must be a BankConfig (got {type(self.bank).__name__}); see GPTConfig.from_dict",
         )
-        if self.ffn == "bank":
-            self.bank_config()  # validates the bank options (raises BankConfig's error)
+        # the bank's GPT facts come from here; the resolved config is what to_dict() records
+        adapter_map = self.layer_tie_map if self.layer_tie_groups else None
+        resolved = self.bank.with_gpt_fields(
+            model_dim=self.model_dim,
+            num_layers=L,
+            flag_block_size=self.block_size,
+            eod_token_id=self.eod_token_id,
+            adapter_layer_map=adapter_map,
+        )
+        object.__setattr__(self, "bank", resolved)  # frozen dataclass: set once, here
 
     # ------------------------------------------------------------------------------------------ derived
     @property
@@ -182,50 +169,40 @@ class GPTConfig:
         layout: list[int | None] = [*range(n), *([None] * max(L - 2 * n, 0)), *range(n)]
         return (layout + [None] * L)[:L]
 
-    def bank_config(self) -> BankConfig:
-        adapter_map = self.layer_tie_map if self.layer_tie_groups else None
-        kw: dict[str, Any] = dict(
-            model_dim=self.model_dim,
-            num_layers=self.num_layers,
-            num_experts=self.num_experts,
-            ffn_hidden=self.ffn_hidden,
-            topk=self.topk,
-            use_forward_ema=self.router_enable_forward_ema,
-            use_reverse_ema=self.router_enable_reverse_ema,
-            ema_alpha_fwd=self.ema_alpha_fwd,
-            ema_alpha_rev=self.ema_alpha_rev,
-            ema_window_fwd=self.ema_window_fwd,
-            ema_window_rev=self.ema_window_rev,
-            ema_layer_stride=self.router_ema_layer_stride,
-            block_pos_bins=self.router_block_pos_bins,
-            first_doc_tokens=self.first_doc_tokens,
-            flag_block_size=self.block_size,
-            eod_token_id=self.eod_token_id,
-            use_adapters=self.use_router_adapters,
-            adapter_layer_map=adapter_map,
-            lb_coeff=self.lb_coeff,
-            entropy_coeff=self.router_entropy_coeff,
-        )
-        kw.update(self.bank_options)
-        return BankConfig(**kw)
-
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["bank_options"] = dict(self.bank_options)
-        return out
+        """Plain values (the bank as a nested dict); :meth:`from_dict` rebuilds an equal config."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
+        """The config a :meth:`to_dict` dict (or its JSON round trip: lists for tuples) describes."""
+        bank = values.get("bank", {})
+        out = {k: _tuples(v) for k, v in values.items() if k != "bank"}
+        return cls(
+            **out,
+            bank=bank
+            if isinstance(bank, BankConfig)
+            else BankConfig(**{k: _tuples(v) for k, v in bank.items()}),
+        )
 
     def with_(self, **changes: Any) -> GPTConfig:
-        return replace(self, **changes)
+        """A copy with ``changes``; the bank's GPT fields follow the new GPT values."""
+        bank = changes.pop("bank", self.bank.without_gpt_fields())
+        return replace(self, bank=bank, **changes)
 
     # ------------------------------------------------------------------------------------------ presets
     @classmethod
     def record(cls, **overrides: Any) -> GPTConfig:
-        """The record's model (28 layers, d=896, 8 experts of 1024, top-1; 282,395,148 parameters)."""
-        return cls(**overrides)
+        """The record's model (28 layers, d=896, 8 experts of 1024, top-1; 282,395,148 parameters;
+        docs/design/presets.md)."""
+        return cls(**_with_bank_options(BankConfig(), overrides))
 
     @classmethod
     def tiny(cls, **overrides: Any) -> GPTConfig:
-        """A CPU-sized model for tests and examples (4 layers, d=32, 4 experts of 64, blocks of 16 tokens)."""
+        """A CPU-sized model for tests and examples (4 layers, d=32, 4 experts of 64, blocks of 16 tokens).
+
+        In both presets ``bank`` may be a BankConfig or a dict of BankConfig fields applied on top of the
+        preset's bank (``GPTConfig.tiny(bank={"topk": 2})``)."""
         kw: dict[str, Any] = dict(
             vocab_size=97,
             model_dim=32,
@@ -240,11 +217,20 @@ class GPTConfig:
             skip_attn_layers=(2,),
             skip_map=((3, 1),),
             eod_token_id=0,
-            num_experts=4,
-            ffn_hidden=64,
-            topk=1,
-            ema_window_rev=8,
-            first_doc_tokens=8,
         )
         kw.update(overrides)
-        return cls(**kw)
+        tiny_bank = BankConfig(num_experts=4, ffn_hidden=64, topk=1, ema_window_rev=8, first_doc_tokens=8)
+        return cls(**_with_bank_options(tiny_bank, kw))
+
+
+def _with_bank_options(preset_bank: BankConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with ``bank`` as a BankConfig: the preset's, or the preset's with a dict applied."""
+    bank = overrides.get("bank", {})
+    if not isinstance(bank, BankConfig):
+        bank = replace(preset_bank, **bank)
+    return {**overrides, "bank": bank}
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (from JSON or TOML) back to the tuples the config fields hold."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

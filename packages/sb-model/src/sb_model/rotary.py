@@ -1,9 +1,10 @@
-"""Rotary position embeddings with the reference's "half-truncated" frequency layout (spec 2.3).
+"""Rotary position embeddings with the reference's "half-truncated" frequency layout.
 
-For a head of size D the D/2 rotation pairs (x[i], x[i + D/2]) get the frequencies
-``(1/base_period)^(j/(D/4 - 1))`` for j < D/4 followed by D/4 zeros: a quarter of the head dimensions carry
-position, the other pairs pass through unrotated. Positions are absolute in the packed sequence (not reset at
-document starts). Tables are float32 and the rotation is computed in float32, then cast back.
+(docs/design/model.md, rotary.) For a head of size D the D/2 rotation pairs (x[i], x[i + D/2]) get the
+frequencies ``(1/base_period)^(j/(D/4 - 1))`` for j < D/4 followed by D/4 zeros: a quarter of the head
+dimensions carry position, the other pairs pass through unrotated. Positions are absolute in the packed
+sequence (not reset at document starts). Tables are float32 and the rotation is computed in float32, then cast
+back.
 """
 
 from __future__ import annotations

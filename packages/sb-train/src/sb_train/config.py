@@ -2,7 +2,7 @@
 
 A configuration is a :class:`TrainConfig` with the sections
 
-- ``model``    — :class:`sb_model.GPTConfig` (shapes, attention, bank options);
+- ``model``    — :class:`sb_model.GPTConfig` (shapes, attention) with its bank as ``[model.bank]``;
 - ``data``     — :class:`DataConfig` (shards, tokens per step, validation budgets);
 - ``optim``    — :class:`OptimConfig` (learning rates per group, Adam and Muon options, router clipping);
 - ``schedule`` — :class:`sb_train.schedules.ScheduleConfig` (LR, momentum, window and router schedules);
@@ -10,9 +10,10 @@ A configuration is a :class:`TrainConfig` with the sections
 
 The dataclass defaults are the record's values (docs/design/presets.md). A preset is a TOML file in
 ``sb_train/presets`` that overrides some of them; ``--config FILE.toml`` and ``--set section.key=value`` are
-applied on top, in that order. Every key is checked: unknown keys are refused with the closest matches, and
-values are coerced to the field's declared type (``"4"`` is refused for a float only if it cannot be read as
-one).
+applied on top, in that order. A nested config (``model.bank``) is a TOML table ``[model.bank]`` and is set
+key by key (``--set model.bank.topk=2``). Every key is checked: unknown keys are refused with the closest matches,
+and values are coerced to the field's declared type (``"4"`` is refused for a float only if it cannot be read
+as one).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sb_model import GPTConfig
+from sb_model.bank.config import GPT_FIELDS, BankConfig
 from sb_train.schedules import ScheduleConfig
 
 
@@ -159,16 +161,16 @@ class TrainConfig:
     def to_toml(self) -> str:
         """The resolved configuration as TOML (what ``--print-config`` shows; loadable with ``--config``)."""
         lines: list[str] = [f'preset = "{self.preset}"']
-        for section in SECTIONS:
+        for section, cls in SECTIONS.items():
+            values = self.to_dict()[section]
+            nested = _nested_configs(cls)
             lines.append(f"\n[{section}]")
-            for key, value in self.to_dict()[section].items():
-                if value is None:
-                    lines.append(f"# {key} = (none)")
-                elif isinstance(value, dict):
-                    inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-                    lines.append(f"{key} = {{ {inner} }}")
-                else:
-                    lines.append(f"{key} = {_toml_value(value)}")
+            lines += _toml_lines({k: v for k, v in values.items() if k not in nested})
+            for key in nested:
+                lines.append(f"\n[{section}.{key}]")
+                # the bank's GPT fields are filled in from [model]: shown, but as comments
+                derived = GPT_FIELDS if nested[key] is BankConfig else ()
+                lines += _toml_lines(values[key], derived, f"from [{section}]")
         return "\n".join(lines) + "\n"
 
 
@@ -179,6 +181,27 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "run": RunConfig,
 }
+
+
+def _toml_lines(values: Mapping[str, Any], derived: tuple[str, ...] = (), origin: str = "") -> list[str]:
+    lines = []
+    for key, value in values.items():
+        if key in derived:
+            lines.append(f"# {key} = {'(none)' if value is None else _toml_value(value)} ({origin})")
+        elif value is None:
+            lines.append(f"# {key} = (none)")
+        elif isinstance(value, dict):
+            inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def _nested_configs(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that are configs themselves (``GPTConfig.bank``), by name."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
 
 def _json_default(value: Any) -> Any:
@@ -235,8 +258,9 @@ def load_config(
         _check_section(section, f"--set {dotted}")
         if not key:
             raise ConfigError(f"--set {dotted}: expected section.key=value, e.g. run.seed=1")
-        _check_key(section, key, f"--set {dotted}")
-        tree[section][key] = raw
+        for flat_key, value in _flatten({key: raw}, _nested_configs(SECTIONS[section])):
+            _check_key(section, flat_key, f"--set {dotted}")
+            _set(tree[section], flat_key, value)
     built = {name: _build(cls, name, tree[name]) for name, cls in SECTIONS.items()}
     return TrainConfig(**built, preset=preset)
 
@@ -272,9 +296,9 @@ def _merge(tree: dict[str, dict[str, Any]], doc: Mapping[str, Any], where: str) 
         _check_section(section, where)
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: [{section}] must be a table of key = value lines")
-        for key, value in table.items():
+        for key, value in _flatten(table, _nested_configs(SECTIONS[section])):
             _check_key(section, key, f"{where} [{section}]")
-            tree[section][key] = value
+            _set(tree[section], key, value)
 
 
 def _check_section(section: str, where: str) -> None:
@@ -283,10 +307,50 @@ def _check_section(section: str, where: str) -> None:
                           f"sections: {', '.join(SECTIONS)}")
 
 
+def _flatten(table: Mapping[str, Any], nested: Mapping[str, type]) -> list[tuple[str, Any]]:
+    """(dotted key, value) pairs of a section's table; a nested config's sub-table becomes ``bank.<key>``."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if key in nested and isinstance(value, Mapping):
+            out += [(f"{key}.{k}", v) for k, v in _flatten(value, _nested_configs(nested[key]))]
+        else:
+            out.append((key, value))
+    return out
+
+
+def _set(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``values[a][b]`` for the dotted key ``a.b`` (nested configs are kept as dicts until built)."""
+    *heads, last = dotted.split(".")
+    for head in heads:
+        values = values.setdefault(head, {})
+    values[last] = value
+
+
+def _key_names(cls: type, prefix: str = "") -> list[str]:
+    """Every settable key of a config class, nested configs' keys dotted (``bank.topk``)."""
+    nested = _nested_configs(cls)
+    out: list[str] = []
+    for f in fields(cls):
+        if f.name in nested:
+            out += _key_names(nested[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
 def _check_key(section: str, key: str, where: str) -> None:
-    names = [f.name for f in fields(SECTIONS[section])]
-    if key not in names:
-        raise ConfigError(f"{where}: unknown key {section}.{key}{_suggest(key, names, section)}")
+    names = _key_names(SECTIONS[section])
+    if key in names:
+        return
+    prefix, _, leaf = key.rpartition(".")
+    # model.topk or model.bonk.topk -> model.bank.topk
+    same_leaf = [n for n in names if n.rpartition(".")[2] == leaf and n.rpartition(".")[0] != prefix]
+    if same_leaf:
+        hint = " (did you mean " + " or ".join(f"{section}.{n}" for n in same_leaf) + "?)"
+    else:  # closest keys at the same depth (model.bank.topkk -> model.bank.topk)
+        siblings = [n.removeprefix(prefix + ".") for n in names if n.rpartition(".")[0] == prefix]
+        hint = _suggest(leaf, siblings, f"{section}.{prefix}" if prefix else section)
+    raise ConfigError(f"{where}: unknown key {section}.{key}{hint}")
 
 
 def _suggest(word: str, choices: list[str], section: str | None = None) -> str:
@@ -314,6 +378,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a table, e.g. [{name}] (got {value!r})")
+        return _build(tp, name, value)
     if origin in (typing.Union, types.UnionType):
         is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_none and type(None) in args:

@@ -131,8 +131,8 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
         preset=cfg.preset,
         config=cfg.to_dict(),
         num_layers=mcfg.num_layers,
-        num_experts=mcfg.num_experts,
-        top_k=mcfg.topk,
+        num_experts=mcfg.bank.num_experts,
+        top_k=mcfg.bank.topk,
         tokens_per_step=parts.tokens_per_step,
         total_steps=n,
         world_size=env.world_size,
@@ -146,7 +146,7 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
         enabled=env.is_main,
     )
     progress = ProgressPrinter(n, parts.tokens_per_step, every=cfg.run.print_every,
-                               num_experts=mcfg.num_experts, enabled=env.is_main)
+                               num_experts=mcfg.bank.num_experts, enabled=env.is_main)
     if env.is_main:
         print(model.format_parameter_counts(), file=sys.stderr)
     return logger, progress

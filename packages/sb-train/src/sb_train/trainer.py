@@ -83,8 +83,9 @@ class Trainer:
         """Hand the schedule values of ``step`` to the model (tensors, head untying) and, for training, to
         the optimizer's groups."""
         mcfg, model = self.cfg.model, self.model
-        v = self.cfg.schedule.at(step, num_experts=mcfg.num_experts, max_window_tokens=mcfg.max_window_tokens,
-                                 block_size=mcfg.block_size, evaluation=evaluation)
+        v = self.cfg.schedule.at(step, num_experts=mcfg.bank.num_experts,
+                                 max_window_tokens=mcfg.max_window_tokens, block_size=mcfg.block_size,
+                                 evaluation=evaluation)
         model.set_window_blocks(v.window_blocks)
         if model.bank is not None:
             schedule = model.routing_schedule

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sb_analysis import RunDB, ingest
-from sb_model.metrics import RouterMetrics, call_statistics
+from sb_model.bank.metrics import RouterMetrics, call_statistics
 from sb_train.logs import RunLogger
 
 E = 4

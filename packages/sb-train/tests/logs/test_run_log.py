@@ -12,7 +12,7 @@ from run_log_helpers import GROUPS, E, fake_report, ingest_run, make_logger, ste
 from sb_runlog import config_hash
 from sb_runlog.columns import ROUTER_COLUMNS
 
-from sb_model.metrics import SCALAR_KEYS
+from sb_model.bank.metrics import SCALAR_KEYS
 from sb_train.logs import WandbSettings
 from sb_train.logs.columns import SCALAR_HEAD, SCALAR_TAIL, router_columns, scalar_columns, statistic_column
 

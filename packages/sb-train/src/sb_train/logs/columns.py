@@ -17,7 +17,7 @@ from sb_runlog import check_column_name, expert_columns
 from sb_runlog.columns import FEATURE_WEIGHT_PREFIX, LR_PREFIX, SCALARS_COLUMNS
 from sb_runlog.header_check import check_unique
 
-from sb_model.metrics import SCALAR_KEYS
+from sb_model.bank.metrics import SCALAR_KEYS
 
 # bank statistic (RoutingReport.per_layer key) -> router.csv column; statistics not listed keep their name
 STATISTIC_RENAMES = {"aux": "aux_loss"}

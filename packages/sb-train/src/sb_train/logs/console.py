@@ -11,7 +11,7 @@ Validation line, the reference's format (docs/design/training.md), printed every
 
     step:250/1750 val_loss:3.912345 train_time:117500ms step_avg:470.00ms
 
-The router part reads a :class:`sb_model.metrics.RoutingReport` summary (``router/top1_p_mean``,
+The router part reads a :class:`sb_model.bank.metrics.RoutingReport` summary (``router/top1_p_mean``,
 ``router/max_frac_max``, ``router/active_min``, ``router/live_experts``; plain keys without ``router/`` work
 too). The health word applies the router-health thresholds of sb_runlog.health_thresholds
 (docs/log-format.md §7) to the worst layer: ``collapsed`` by the collapse rule (busiest expert >= 90% or at

@@ -1,4 +1,4 @@
-"""A RoutingReport (sb_model.metrics) as router.csv rows, and the step's router summary scalars.
+"""A RoutingReport (sb_model.bank.metrics) as router.csv rows, and the step's router summary scalars.
 
 * per-layer statistics go to :func:`~sb_train.logs.columns.statistic_column` (``aux`` -> ``aux_loss``);
   ``layer`` comes from the row. ``max_frac`` and ``num_active`` are the bank's (largest *demanded* share,
@@ -26,7 +26,7 @@ from typing import Any
 from sb_runlog import expert_column
 from sb_runlog.columns import ROUTER_SUMMARY_COLUMNS
 
-from sb_model.metrics import RoutingReport
+from sb_model.bank.metrics import RoutingReport
 
 from .columns import statistic_column
 

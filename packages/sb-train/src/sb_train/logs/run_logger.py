@@ -30,7 +30,7 @@ from sb_runlog.columns import FEATURE_WEIGHT_PREFIX
 from sb_runlog.run_header import ROUTER_STATS_SCOPES
 from sb_runlog.status import check_state
 
-from sb_model.metrics import RoutingReport
+from sb_model.bank.metrics import RoutingReport
 from sb_train.code_version import make_run_id
 
 from .columns import router_columns, scalar_columns

@@ -1,28 +1,48 @@
-"""Configuration of the shared expert bank (every option validated up front, with a fix in the message)."""
+"""`BankConfig`: every option of the shared expert bank, validated up front with a fix in each message.
+
+The fields a bank takes from the GPT around it (``GPT_FIELDS``: model width, depth, flag block size, end-of-
+document token, adapter map of tied layers) default to None; :class:`~sb_model.gpt_config.GPTConfig` fills
+them in. A bank built on its own sets them explicitly.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 GatingKind = Literal["softmax", "sigmoid"]
 AssignmentKind = Literal["topk", "sinkhorn"]
 CapMode = Literal["hard", "tanh"]
 ReverseEmaMode = Literal["snapshot", "document_ema"]
 ExpertImpl = Literal["auto", "grouped_mm", "cpu_parallel", "blocked_bmm"]
+BoostShape = Literal["peak", "valley", "linear_start", "linear_end"]
+
+# BankConfig fields that are facts of the GPT, filled in by GPTConfig (an explicit value must agree)
+GPT_FIELDS: tuple[str, ...] = (
+    "model_dim",
+    "num_layers",
+    "flag_block_size",
+    "eod_token_id",
+    "adapter_layer_map",
+)
 
 
 @dataclass(frozen=True)
 class BankConfig:
-    """Everything that fixes the shapes and the math of a :class:`~sb_model.bank.SharedExpertBank`.
+    """Everything that fixes the shapes and the math of a :class:`~sb_model.bank.bank.SharedExpertBank`.
 
     Schedule values that change during training (temperature, logit cap, Gumbel on/off, the active-expert
-    mask, per-layer multipliers, freeze flags) are *not* here: they are passed as tensors at call time
-    (see :class:`~sb_model.bank.RoutingSchedule`) so that changing them never recompiles.
+    mask, freeze flags) are *not* here: they reach the bank as tensors at call time
+    (:class:`~sb_model.schedules.RoutingSchedule`) so that changing them never recompiles.
     """
 
-    model_dim: int
-    num_layers: int
+    # Taken from the GPT (GPT_FIELDS): None until GPTConfig fills them in.
+    model_dim: int | None = None
+    num_layers: int | None = None
+    flag_block_size: int | None = None  # tokens per attention block (router block-position flags)
+    eod_token_id: int | None = None
+    adapter_layer_map: tuple[int, ...] | None = None  # layer -> adapter slot (tied layers); None: identity
+    # Experts.
     num_experts: int = 8
     ffn_hidden: int = 1024
     topk: int = 1
@@ -37,8 +57,6 @@ class BankConfig:
     ema_layer_stride: int = -1  # <= 0 means num_layers: one EMA computation shared by every layer
     block_pos_bins: int = 8
     first_doc_tokens: int = 64
-    flag_block_size: int = 128
-    eod_token_id: int = 50256
     # Routing.
     gating: GatingKind = "softmax"
     assignment: AssignmentKind = "topk"
@@ -47,9 +65,15 @@ class BankConfig:
     capacity_factor: float | None = None  # None: dropless
     logit_cap_mode: CapMode = "hard"
     normalize_gates: bool = False  # reference: raw gate probabilities, not renormalised over the top-k
+    # Per-layer temperature and load-balance multipliers 1 + boost * shape(layer position)
+    # (docs/design/model.md, layer boosts).
+    boost_shape: BoostShape = "peak"
+    temp_boost: float = 0.2
+    lb_boost: float = 0.5
+    boost_peak_frac: float = 0.475
+    boost_decay_scale: float = 1.0  # the reference passes a constant 1.0
     # Adapters.
     use_adapters: bool = True
-    adapter_layer_map: tuple[int, ...] | None = None  # layer -> adapter slot (layer tying); None: identity
     # Aux losses.
     lb_coeff: float = 2.15e-3
     entropy_coeff: float = 2.5e-3
@@ -66,8 +90,9 @@ class BankConfig:
             if not cond:
                 raise ValueError(f"BankConfig: {msg}")
 
-        need(self.model_dim > 0, f"model_dim must be > 0 (got {self.model_dim})")
-        need(self.num_layers > 0, f"num_layers must be > 0 (got {self.num_layers})")
+        for name in ("model_dim", "num_layers", "flag_block_size"):
+            value = getattr(self, name)
+            need(value is None or value > 0, f"{name} must be > 0 (got {value})")
         need(self.num_experts >= 1, f"num_experts must be >= 1 (got {self.num_experts})")
         need(self.ffn_hidden > 0, f"ffn_hidden must be > 0 (got {self.ffn_hidden})")
         need(
@@ -80,37 +105,27 @@ class BankConfig:
             "these",
         )
         need(self.first_doc_tokens >= 1, f"first_doc_tokens must be >= 1 (got {self.first_doc_tokens})")
-        need(self.flag_block_size >= 1, f"flag_block_size must be >= 1 (got {self.flag_block_size})")
         for name in ("ema_alpha_fwd", "ema_alpha_rev"):
             a = getattr(self, name)
             need(0.0 < a < 1.0, f"{name} must be in (0, 1) (got {a})")
         need(self.ema_window_rev >= 1, f"ema_window_rev must be >= 1 (got {self.ema_window_rev})")
-        need(
-            self.reverse_ema_mode in ("snapshot", "document_ema"),
-            f"reverse_ema_mode must be 'snapshot' or 'document_ema' (got {self.reverse_ema_mode!r})",
-        )
-        need(
-            self.gating in ("softmax", "sigmoid"),
-            f"gating must be 'softmax' or 'sigmoid' (got {self.gating!r})",
-        )
-        need(
-            self.assignment in ("topk", "sinkhorn"),
-            f"assignment must be 'topk' or 'sinkhorn' (got {self.assignment!r})",
-        )
+        for name, allowed in (
+            ("reverse_ema_mode", ("snapshot", "document_ema")),
+            ("gating", ("softmax", "sigmoid")),
+            ("assignment", ("topk", "sinkhorn")),
+            ("logit_cap_mode", ("hard", "tanh")),
+            ("boost_shape", ("peak", "valley", "linear_start", "linear_end")),
+            ("expert_impl", ("auto", "grouped_mm", "cpu_parallel", "blocked_bmm")),
+        ):
+            need(
+                getattr(self, name) in allowed,
+                f"{name} must be one of {', '.join(map(repr, allowed))} (got {getattr(self, name)!r})",
+            )
         need(self.sinkhorn_iters >= 1, f"sinkhorn_iters must be >= 1 (got {self.sinkhorn_iters})")
         need(self.sinkhorn_tau > 0, f"sinkhorn_tau must be > 0 (got {self.sinkhorn_tau})")
         need(
             self.capacity_factor is None or self.capacity_factor > 0,
             f"capacity_factor must be None (dropless) or > 0 (got {self.capacity_factor})",
-        )
-        need(
-            self.logit_cap_mode in ("hard", "tanh"),
-            f"logit_cap_mode must be 'hard' (reference clamp) or 'tanh' (got {self.logit_cap_mode!r})",
-        )
-        need(
-            self.expert_impl in ("auto", "grouped_mm", "cpu_parallel", "blocked_bmm"),
-            "expert_impl must be 'auto', 'grouped_mm', 'cpu_parallel' or 'blocked_bmm' "
-            f"(got {self.expert_impl!r})",
         )
         need(
             self.group_align is None or self.group_align >= 1,
@@ -122,7 +137,7 @@ class BankConfig:
         )
         for name in ("lb_coeff", "entropy_coeff", "switch_lb_coeff", "z_loss_coeff"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)})")
-        if self.adapter_layer_map is not None:
+        if self.adapter_layer_map is not None and self.num_layers is not None:
             need(
                 len(self.adapter_layer_map) == self.num_layers,
                 f"adapter_layer_map must have num_layers={self.num_layers} entries "
@@ -133,6 +148,35 @@ class BankConfig:
                 "adapter_layer_map entries must be layer indices in [0, num_layers)",
             )
 
+    # ------------------------------------------------------------------------------------ GPT facts
+    def with_gpt_fields(self, **gpt_values: Any) -> BankConfig:
+        """This config with the GPT's facts filled in (``GPT_FIELDS`` names). A field already set must agree
+        with the GPT's value: the bank is built from one model, and a second spelling could only disagree."""
+        for name, value in gpt_values.items():
+            if name not in GPT_FIELDS:
+                raise TypeError(f"{name!r} is not one of the GPT's fields of BankConfig {GPT_FIELDS}")
+            mine = getattr(self, name)
+            if mine is not None and mine != value:
+                raise ValueError(
+                    f"BankConfig.{name}={mine!r} disagrees with the GPT's value {value!r}; the bank takes "
+                    f"{name} from the GPT config, so leave it unset in [model.bank] (or set the GPT's field)"
+                )
+        return replace(self, **gpt_values)
+
+    def without_gpt_fields(self) -> BankConfig:
+        """This config with the GPT's facts unset again (to move the bank options to another GPT)."""
+        return replace(self, **dict.fromkeys(GPT_FIELDS))
+
+    def require_gpt_fields(self) -> None:
+        """Raise unless the width and depth a bank needs are set."""
+        missing = [n for n in ("model_dim", "num_layers") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(
+                f"BankConfig: {' and '.join(missing)} not set; build the bank from a GPTConfig (which fills "
+                "them in) or pass them explicitly"
+            )
+
+    # ------------------------------------------------------------------------------------ derived
     @property
     def layer_stride(self) -> int:
         """Layers per EMA group (the reference's `router_ema_layer_stride`, with <= 0 meaning all layers)."""

@@ -22,21 +22,6 @@ def test_lazy_adapter_init_copies_the_mean_of_initialised_experts(make_bank):
     assert "adapter_initialized" in bank.state_dict()  # persistent: a resume keeps it
 
 
-def test_prune_inactive_experts(make_bank, tokens):
-    bank = make_bank(num_experts=4)
-    pruned = bank.prune_inactive_experts(torch.tensor([0.01, 0.5, 0.02, 0.3]), threshold=0.1)
-    assert pruned.tolist() == [True, False, True, False]
-    assert bank.w1[0].abs().max() == 0 and bank.w2[2].abs().max() == 0 and bank.w1[1].abs().max() > 0
-    assert bank.adapter_scale[:, 0].abs().max() == 0 and bank.adapter_bias[:, 2].abs().max() == 0
-    flags = sm.build_router_flags(tokens(1, 30))
-    bank(torch.randn(1, 30, 16), 0, bank.context(flags))
-    load = bank.read_metrics().vectors["load"][0]
-    assert load[0] == 0 and load[2] == 0
-    # the most active expert is kept even below the threshold
-    kept = make_bank(num_experts=4).prune_inactive_experts(torch.tensor([0.01, 0.02, 0.03, 0.04]), 0.5)
-    assert kept.tolist() == [True, True, True, False]
-
-
 def test_expert_weights_layout_init_and_wd_mul(make_bank):
     cfg = sm.BankConfig(model_dim=32, num_layers=2, num_experts=3, ffn_hidden=64)
     bank = sm.SharedExpertBank(cfg)
@@ -50,4 +35,4 @@ def test_expert_weights_layout_init_and_wd_mul(make_bank):
     assert bank.adapter_scale.shape == (2, 3, 32)
     assert torch.equal(bank.adapter_scale, torch.ones(2, 3, 32))
     record = sm.BankConfig(model_dim=896, num_layers=28)
-    assert record.router_in_dim == 1803  # spec 1.2
+    assert record.router_in_dim == 1803  # docs/design/presets.md

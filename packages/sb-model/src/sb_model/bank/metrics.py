@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sb_model.aux_losses import cv_squared, entropy
+from sb_model.bank.aux_losses import cv_squared, entropy
 
 # Per-call scalar slots, in buffer order.
 SCALAR_KEYS: tuple[str, ...] = (

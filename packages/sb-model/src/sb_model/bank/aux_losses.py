@@ -1,10 +1,16 @@
-"""Auxiliary router losses (spec 2.8.6), written as tensor math only (no Python ``math`` on tensors, no NaN in
-the graph even where the reference produced one: every masked branch is finite before it is discarded)."""
+"""Auxiliary router losses: load balance, entropy gap, Switch and z-loss, as tensor math only.
+
+(docs/design/bank.md, aux losses.) No Python ``math`` on tensors, no NaN in the graph even where the reference
+produced one: every masked branch is finite before it is discarded."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from sb_model.bank.config import BankConfig
+from sb_model.bank.routing import Routing
+from sb_model.schedules import RoutingSchedule
 
 EPS = 1e-6
 
@@ -57,3 +63,33 @@ def router_z_loss(logits: Tensor, live: Tensor) -> Tensor:
     """ST-MoE z-loss: mean over tokens of logsumexp(live logits)²."""
     masked = torch.where(live[None, :], logits, torch.full_like(logits, float("-inf")))
     return torch.logsumexp(masked, dim=-1).square().mean()
+
+
+def layer_aux_loss(
+    config: BankConfig, r: Routing, demanded_counts: Tensor, layer_idx: int, schedule: RoutingSchedule
+) -> tuple[Tensor, Tensor]:
+    """(aux, z-loss) of one layer's routing: the reference's loss with the layer's load-balance multiplier,
+    plus the optional Switch and z-loss terms; 0 with at most one live expert or a frozen router."""
+    N, k = r.topk_idx.shape
+    importance = r.probs.mean(dim=0)
+    with torch.no_grad():
+        ones = r.valid[:, 0].to(importance.dtype)
+        top1 = torch.zeros_like(importance).scatter_add_(0, r.topk_idx[:, 0], ones) / N
+    aux = reference_aux_loss(
+        importance,
+        top1,
+        schedule.active_mask.sum(),
+        r.n_live,
+        lb_coeff=config.lb_coeff,
+        entropy_coeff=config.entropy_coeff,
+        lb_mult=schedule.lb_mult[layer_idx],
+    )
+    multi = r.n_live > 1
+    if config.switch_lb_coeff > 0:
+        frac = demanded_counts / float(N * k)
+        switch = config.switch_lb_coeff * switch_load_balancing_loss(frac, importance)
+        aux = aux + torch.where(multi, switch, torch.zeros_like(switch))
+    z = router_z_loss(r.logits, r.live) if config.z_loss_coeff > 0 else torch.zeros((), device=aux.device)
+    aux = aux + torch.where(multi, config.z_loss_coeff * z, torch.zeros_like(z))
+    aux = torch.where(schedule.router_frozen, torch.zeros_like(aux), aux)
+    return aux, z

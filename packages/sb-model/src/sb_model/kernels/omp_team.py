@@ -1,4 +1,4 @@
-"""Run Python tasks on PyTorch's own OpenMP threads.
+"""Run Python tasks on PyTorch's own OpenMP threads (the task runner under the expert-parallel CPU FFN).
 
 PyTorch's CPU kernels run on one OpenMP thread team. A second pool of threads (``ThreadPoolExecutor``) that
 runs GEMMs beside it loses up to a core to that team: after every parallel region libgomp's idle threads

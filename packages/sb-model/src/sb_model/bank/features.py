@@ -1,9 +1,11 @@
-"""Vectorised, causal EMA context features for the routers (spec 2.8.4).
+"""Router input features: the per-token flags and the causal EMA context features.
 
-All functions take activations shaped (B, T, D) and return the same shape, computed in float32
-(float64 inputs stay float64) and cast back to
-the input dtype. None of them loops in Python over tokens, documents or blocks, and none reads a tensor value
-on the host, so they trace into one graph under ``torch.compile(fullgraph=True)``.
+(docs/design/bank.md, router features.) Flags and document starts depend only on the token ids; the GPT
+builds them once per forward. The EMA functions take activations shaped (B, T, D) and return the same shape,
+computed in float32 (float64 inputs stay float64) and cast back to the input dtype. None of them loops in
+Python over tokens, documents or blocks, and none reads a tensor value on the host, so they trace into one
+graph under ``torch.compile(fullgraph=True)``.
+Which layer's input an EMA feature is computed from is the router's rule (:mod:`sb_model.bank.router`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,63 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+
+def _as_batch(tokens: Tensor) -> Tensor:
+    if tokens.dim() == 1:
+        return tokens[None]
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape (T,) or (B, T), got {tuple(tokens.shape)}")
+    return tokens
+
+
+def document_starts(tokens: Tensor, eod_token_id: int = 50256) -> Tensor:
+    """(B, T) bool: True at position 0 and right *after* every end-of-document token (the flags' and the
+    reverse EMA's convention; attention counts the EOD token itself as the first token of the next
+    document)."""
+    tok = _as_batch(tokens)
+    is_eod = tok == eod_token_id
+    starts = torch.zeros_like(is_eod)
+    starts[:, 0] = True
+    starts[:, 1:] = is_eod[:, :-1]
+    return starts
+
+
+def build_router_flags(
+    tokens: Tensor,
+    *,
+    eod_token_id: int = 50256,
+    first_doc_tokens: int = 64,
+    block_pos_bins: int = 8,
+    block_size: int = 128,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Per-token flag features, (B, T, 3 + block_pos_bins), all causal (each depends on tokens <= t):
+
+    0. is_eod: the token is the end-of-document token;
+    1. is_after_eod: a document starts here (position 0, or the previous token was EOD);
+    2. is_first_docN: fewer than ``first_doc_tokens`` tokens since the document start;
+    3.. one-hot bin of the position inside the ``block_size``-token attention block of the packed sequence.
+    """
+    if block_pos_bins not in (4, 8, 16):
+        raise ValueError(f"block_pos_bins must be 4, 8 or 16 (got {block_pos_bins})")
+    tok = _as_batch(tokens)
+    B, T = tok.shape
+    starts = document_starts(tok, eod_token_id)
+    pos = torch.arange(T, device=tok.device).expand(B, T)
+    last_start = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=1).values
+    first_n = (pos - last_start) < first_doc_tokens
+    bins = torch.clamp(((pos % block_size) * block_pos_bins) // block_size, max=block_pos_bins - 1)
+    one_hot = torch.nn.functional.one_hot(bins, block_pos_bins).to(dtype)
+    head = torch.stack([tok == eod_token_id, starts, first_n], dim=-1).to(dtype)
+    return torch.cat([head, one_hot], dim=-1)
+
+
+def starts_from_flags(flags: Tensor) -> Tensor:
+    """The document-start mask stored in column 1 of the flag features."""
+    return flags[..., 1] > 0.5
+
+
+# ---------------------------------------------------------------------------------------- EMA features
 DEFAULT_CHUNK = 64
 
 
@@ -19,7 +78,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def document_ids(doc_start: Tensor) -> Tensor:
+def segment_ids_from_starts(doc_start: Tensor) -> Tensor:
     """Segment id per token from a (B, T) bool "a document starts here" mask (position 0 always starts)."""
     starts = doc_start.clone()
     starts[:, 0] = True
@@ -95,7 +154,7 @@ def reference_forward_ema(
 
 
 def causal_reverse_snapshot(x: Tensor, alpha: Tensor | float, doc_start: Tensor, window: int) -> Tensor:
-    """The fixed (causal) reverse-EMA feature of the reference, spec 2.8.4 "HEAD":
+    """The fixed (causal) reverse-EMA feature of the reference (docs/design/bank.md, router features):
 
     with s the start of t's document, r_t = (1 - a) * x_{s + W - 1} once t >= s + W, and 0 before.
     (The leaky record version gave the first W tokens an EMA over their own future; we do not build it.)
@@ -135,5 +194,6 @@ def reverse_snapshot_plan(
 
 
 def document_ema(x: Tensor, alpha: Tensor | float, doc_start: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
-    """A causal EMA restarted at every document start (spec 7.1's 'real causal document-local feature')."""
-    return segmented_ema(x, alpha, document_ids(doc_start), chunk)
+    """A causal EMA restarted at every document start (the causal document-local feature of
+    docs/design/deviations.md D1)."""
+    return segmented_ema(x, alpha, segment_ids_from_starts(doc_start), chunk)

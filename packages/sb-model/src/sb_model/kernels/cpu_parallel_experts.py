@@ -6,7 +6,7 @@ over all N rows (every core gets a thin slice, and every small product ends in a
 (adapter ``u = x * scale_e + bias_e``, ``h = u W1ᵀ``, ``a = relu(h)²``, gate, ``out = a W2ᵀ``, and in
 backward the four gradient products plus the adapter and gate gradients) runs on one core while the other
 cores take other experts, so every GEMM is a one-core GEMM and the elementwise work between them stays in
-that core's cache. The tasks run on PyTorch's own OpenMP threads (:mod:`sb_model.omp_team`).
+that core's cache. The tasks run on PyTorch's own OpenMP threads (:mod:`sb_model.kernels.omp_team`).
 
 Work is cut into tasks ``(expert, first_row, end_row)``: an expert's group is cut into near-equal chunks
 only when it is larger than one thread's share of the rows (a skewed routing still keeps every core busy),
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sb_model.omp_team import openmp_team_available, run_on_openmp_team
+from sb_model.kernels.omp_team import openmp_team_available, run_on_openmp_team
 
 Task = tuple[int, int, int]  # (expert, first row, end row)
 

@@ -1,6 +1,7 @@
-"""From router logits to routing decisions (spec 2.8.5): Gumbel noise, temperature, logit cap, the live-expert
-mask, softmax or sigmoid gating, Sinkhorn-balanced selection and hard top-k. All schedule values are tensors;
-nothing branches on a tensor value, so a compiled graph never reads one on the host."""
+"""From router logits to routing decisions: noise, temperature, cap, live experts, gating, top-k or Sinkhorn.
+
+(docs/design/bank.md, routing.) All schedule values are tensors; nothing branches on a tensor value, so a
+compiled graph never reads one on the host."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from sb_model.bank.config import BankConfig
+from sb_model.schedules import RoutingSchedule
 
 
 class Routing(NamedTuple):
@@ -20,13 +24,9 @@ class Routing(NamedTuple):
     n_live: Tensor  # () int64
 
 
-def live_experts(active_mask: Tensor | None, pruned: Tensor) -> Tensor:
-    """active ∧ ¬pruned; if empty, fall back to ¬pruned, then to every expert (the reference's rules)."""
-    unpruned = ~pruned
-    live = unpruned if active_mask is None else active_mask & unpruned
-    everyone = torch.ones_like(pruned)
-    fallback = torch.where(unpruned.any(), unpruned, everyone)
-    return torch.where(live.any(), live, fallback)
+def live_experts(active_mask: Tensor) -> Tensor:
+    """The active experts; every expert if none is active (the reference's fallback)."""
+    return torch.where(active_mask.any(), active_mask, torch.ones_like(active_mask))
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], device: torch.device) -> Tensor:
@@ -119,3 +119,31 @@ def route(
     single = n_live == 1
     gates = torch.where(single, valid.to(gates.dtype), gates)
     return Routing(logits, probs, topk_idx, gates, valid, live, n_live)
+
+
+def decide(
+    raw: Tensor, config: BankConfig, schedule: RoutingSchedule, layer_idx: int, *, training: bool
+) -> Routing:
+    """Layer ``layer_idx``'s routing of raw router logits (N, E) under this step's schedule: shaped logits
+    (noise in training only, the layer's temperature, the cap), frozen-router detach, then top-k over the live
+    experts (picked by a Sinkhorn plan when ``assignment="sinkhorn"`` and training)."""
+    live = live_experts(schedule.active_mask)
+    logits = shape_logits(
+        raw,
+        temperature=schedule.temperature * schedule.temp_mult[layer_idx],
+        logit_cap=schedule.logit_cap,
+        cap_mode=config.logit_cap_mode,
+        gumbel=schedule.gumbel if training else None,
+    )
+    logits = torch.where(schedule.router_frozen, logits.detach(), logits)
+    selection = None
+    if config.assignment == "sinkhorn" and training:
+        selection = sinkhorn_plan(logits.detach(), live, tau=config.sinkhorn_tau, iters=config.sinkhorn_iters)
+    return route(
+        logits,
+        live,
+        config.topk,
+        gating=config.gating,
+        selection=selection,
+        normalize_gates=config.normalize_gates,
+    )
