@@ -11,9 +11,9 @@ A configuration is a :class:`TrainConfig` with the sections
 The dataclass defaults are the record's values (docs/design/presets.md). A preset is a TOML file in
 ``sb_train/presets`` that overrides some of them; ``--config FILE.toml`` and ``--set section.key=value`` are
 applied on top, in that order. A nested config (``model.bank``) is a TOML table ``[model.bank]`` and is set
-key by key (``--set model.bank.topk=2``). Every key is checked: unknown keys are refused with the closest matches,
-and values are coerced to the field's declared type (``"4"`` is refused for a float only if it cannot be read
-as one).
+key by key (``--set model.bank.topk=2``). Every key is checked: unknown keys are refused with the closest
+matches, and values are coerced to the field's declared type (``"4"`` is refused for a float only if it cannot
+be read as one).
 """
 
 from __future__ import annotations

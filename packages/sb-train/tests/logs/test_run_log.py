@@ -226,13 +226,14 @@ def test_context_manager_records_failures(tmp_path):
 
 def test_real_bank_report(tmp_path):
     import sb_model as sm
+    from sb_model.bank.features import build_router_flags
 
     torch.manual_seed(0)
     bank = sm.SharedExpertBank(
         sm.BankConfig(model_dim=16, num_layers=2, num_experts=4, ffn_hidden=32, topk=2)
     )
     tokens = torch.randint(0, 1000, (1, 24))
-    ctx = bank.context(sm.build_router_flags(tokens), bank.default_schedule())
+    ctx = bank.context(build_router_flags(tokens), bank.default_schedule())
     for layer in range(2):
         bank(torch.randn(1, 24, 16), layer, ctx)
     report = bank.read_metrics()

@@ -54,6 +54,17 @@ def test_wandb_payload_uses_reference_names():
     }
 
 
+def test_wandb_payload_flags_a_collapsed_router_once_experts_are_live():
+    def collapsed(summary):
+        return RunLogger.wandb_payload({}, [], summary).get("router/collapsed")
+
+    healthy = {"router/max_frac_max": 0.4, "router/active_min": 4.0, "router/live_experts": 4.0}
+    assert collapsed(healthy) == 0.0
+    assert collapsed({**healthy, "router/max_frac_max": 0.95}) == 1.0
+    assert collapsed({**healthy, "router/active_min": 1.0}) == 1.0
+    assert collapsed({**healthy, "router/live_experts": 1.0, "router/active_min": 1.0}) is None
+
+
 def test_wandb_offline_run_is_readable(tmp_path):
     run_dir = tmp_path / "run"
     logger = make_logger(run_dir, wandb=WandbSettings(mode="offline", project="sb-test"))

@@ -225,8 +225,6 @@ def summarize(per_layer: list[dict[str, float]], vectors: dict[str, list[list[fl
     out["router/z_loss_mean"] = _mean([r["z_loss"] for r in per_layer])
     live = min(r["live_experts"] for r in per_layer)
     out["router/live_experts"] = live
-    collapsed = live > 1 and (out["router/max_frac_max"] >= 0.90 or out["router/active_min"] <= 1)
-    out["router/collapsed"] = float(collapsed)
     n_layers = len(per_layer)
     E = len(vectors["frac_srv"][0])
     srv = [sum(vectors["frac_srv"][li][e] for li in range(n_layers)) / n_layers for e in range(E)]

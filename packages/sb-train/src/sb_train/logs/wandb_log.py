@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sb_runlog.health_thresholds import is_collapsed
 from sb_runlog.wandb_names import STEP_KEY, layer_key, scalar_key
 
 
@@ -38,8 +39,12 @@ def wandb_payload(
     row: Mapping[str, Any], layer_rows: Iterable[Mapping[str, Any]], summary: Mapping[str, float]
 ) -> dict[str, float]:
     """The W&B keys and values of one step: the report summary, the scalars row, every router.csv value
-    (None values are left out)."""
+    (None values are left out), and ``router/collapsed`` (the collapse rule of sb-runlog on the worst layer,
+    once more than one expert is live)."""
     out: dict[str, float] = {key: float(value) for key, value in summary.items()}
+    if summary.get("router/live_experts", 0) > 1:
+        worst = is_collapsed(summary.get("router/max_frac_max"), summary.get("router/active_min"))
+        out["router/collapsed"] = float(worst)
     for column, value in row.items():
         key = scalar_key(column)
         if value is not None and key is not None:
