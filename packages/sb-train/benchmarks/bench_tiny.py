@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sb_data import read_tokens
-from sb_train.config import load_config
+from sb_train.config_loading import load_config
 
 
 def unigram_val_loss(train_glob: str, val_glob: str, vocab: int, val_tokens: int) -> float:

@@ -6,14 +6,8 @@ import pytest
 
 from sb_model import GPT, GPTConfig
 from sb_train.cli import main as cli_main
-from sb_train.config import (
-    ConfigError,
-    DataConfig,
-    load_config,
-    micro_tokens,
-    preset_names,
-    validation_steps,
-)
+from sb_train.config import ConfigError, DataConfig, micro_tokens, validation_steps
+from sb_train.config_loading import load_config, preset_names
 
 
 def test_every_preset_loads():

@@ -10,7 +10,8 @@ import torch
 from sb_model import GPT, GPTConfig
 from sb_model.functional import rms_norm
 from sb_train.cli import main as cli_main
-from sb_train.config import ConfigError, load_config
+from sb_train.config import ConfigError
+from sb_train.config_loading import load_config
 
 
 def test_set_model_bank_topk_routes_top2_and_records_topk_2():

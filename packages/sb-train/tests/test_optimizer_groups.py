@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sb_model import GPT, GPTConfig
-from sb_train.config import OptimConfig, load_config
+from sb_train.config import OptimConfig
+from sb_train.config_loading import load_config
 from sb_train.optimizer import build_optimizer
 from sb_train.param_groups import group_of
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from sb_train.builtin_corpus import write_python_docs_shards
-from sb_train.config import TrainConfig, load_config
+from sb_train.config import TrainConfig
+from sb_train.config_loading import load_config
 
 
 def prepare_data(folder: Path) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from sb_model.bank.metrics import RouterMetrics, RoutingReport
 from sb_model.generation import generate
 from sb_model.gpt import GPT, GPTOutput
 from sb_model.gpt_config import GPTConfig
-from sb_model.schedules import RoutingSchedule
+from sb_model.schedule_tensors import RoutingSchedule
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,7 @@ from sb_model.functional import init_linear_, rms_norm
 from sb_model.generation import DecodeState, LayerCache
 from sb_model.gpt_config import GPTConfig
 from sb_model.rotary import Rotary
-from sb_model.schedules import RoutingSchedule
+from sb_model.schedule_tensors import RoutingSchedule
 
 _SCHEDULE_TENSORS = tuple(f.name for f in fields(RoutingSchedule))  # each held as buffer ``sched_<name>``
 

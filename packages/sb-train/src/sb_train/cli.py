@@ -17,7 +17,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from sb_train.config import ConfigError, TrainConfig, load_config, preset_names
+from sb_train.config import ConfigError, TrainConfig
+from sb_train.config_loading import load_config, preset_names
 
 if TYPE_CHECKING:
     from sb_train.callbacks import TrainerCallback

@@ -21,7 +21,8 @@ import torch
 
 from sb_model import GPT
 from sb_train.checkpoint import CheckpointError, find_checkpoint, load_shared_state
-from sb_train.config import ConfigError, model_config_from_dict
+from sb_train.config import ConfigError
+from sb_train.config_loading import model_config_from_dict
 
 __all__ = ["build_parser", "load_model", "main"]
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from sb_model.bank.config import BankConfig
 from sb_model.bank.routing import Routing
-from sb_model.schedules import RoutingSchedule
+from sb_model.schedule_tensors import RoutingSchedule
 
 EPS = 1e-6
 

@@ -23,7 +23,7 @@ from sb_model.bank.router import RoutingContext, router_inputs, router_logits
 from sb_model.bank.routing import Routing, decide
 from sb_model.functional import init_linear_
 from sb_model.kernels import cpu_parallel_experts_available
-from sb_model.schedules import RoutingSchedule, layer_multipliers
+from sb_model.schedule_tensors import RoutingSchedule, layer_multipliers
 
 
 def layer_boosts(config: BankConfig) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,7 @@ class BankConfig:
 
     Schedule values that change during training (temperature, logit cap, Gumbel on/off, the active-expert
     mask, freeze flags) are *not* here: they reach the bank as tensors at call time
-    (:class:`~sb_model.schedules.RoutingSchedule`) so that changing them never recompiles.
+    (:class:`~sb_model.schedule_tensors.RoutingSchedule`) so that changing them never recompiles.
     """
 
     # Taken from the GPT (GPT_FIELDS): None until GPTConfig fills them in.

@@ -25,7 +25,7 @@ from sb_model.bank.features import (
     reference_forward_ema,
     reverse_snapshot_plan,
 )
-from sb_model.schedules import RoutingSchedule
+from sb_model.schedule_tensors import RoutingSchedule
 
 
 class ReversePlan(NamedTuple):

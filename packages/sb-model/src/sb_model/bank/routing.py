@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from sb_model.bank.config import BankConfig
-from sb_model.schedules import RoutingSchedule
+from sb_model.schedule_tensors import RoutingSchedule
 
 
 class Routing(NamedTuple):

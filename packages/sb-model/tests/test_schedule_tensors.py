@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import sb_model.schedules as sm
+import sb_model.schedule_tensors as sm
 
 
 def test_layer_boost_record_values():
