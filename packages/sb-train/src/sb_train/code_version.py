@@ -13,8 +13,9 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sb_runlog.run_header import RUN_ID as RUN_ID_PATTERN  # the run-id rule of the format
+
 GIT_TIMEOUT_S = 5.0
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
