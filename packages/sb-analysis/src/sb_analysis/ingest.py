@@ -11,7 +11,8 @@ from typing import Any
 import duckdb
 from sb_runlog import RUN_FILE, TABLES, LogFormatError, TableSpec, read_run_header, read_status, segment_files
 
-from .csv_ingest import FilePlan, FileResult, RowError, file_states, load_plans, plan_file
+from .csv_ingest import load_plans
+from .csv_plan import FilePlan, FileResult, RowError, file_states, plan_file
 from .db import DB_TABLES, DEFAULT_DB, writable_copy
 from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, upsert_staged
