@@ -179,11 +179,13 @@ def test_untimed_warmup_restores_every_state(reference_run, smoke_data, tmp_path
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path, monkeypatch):
-    """run.compile=on on CPU (minutes of compilation): same losses as eager to float tolerance, and the
-    schedule changes (experts going live, temperature, cap, Gumbel) do not recompile after the warm-up.
-    Inductor draws the Gumbel noise with its own generator unless ``fallback_random`` is set (without it the
-    two runs see different noise); what is left is float reassociation, which routing ties amplify (0.3% by
-    step 3 with either CPU expert implementation)."""
+    """run.compile=on on CPU (minutes of compilation): the same step-0 losses as eager to float tolerance, a
+    trajectory that stays close, and the schedule changes (experts going live, temperature, cap, Gumbel) do
+    not recompile after the warm-up. Inductor draws the Gumbel noise with its own generator unless
+    ``fallback_random`` is set (without it the two runs see different noise). The step-0 losses agree to 2e-7;
+    after the first update the trajectories drift apart (Adam's first step is about lr * sign(g), so gradient
+    entries near zero can step full size either way, and routing ties amplify differences): measured on a
+    2-core Intel Xeon with AVX512-BF16, 0.1% at step 1, 1.1% at step 5, 2.0% at step 8."""
     _, ref_dir = reference_run
     cfg = smoke_config(smoke_data, tmp_path, 'run.compile="on"', "run.warmup_steps=2")
     import torch._dynamo.utils as dynamo_utils
@@ -200,7 +202,8 @@ def test_compiled_training_matches_eager(reference_run, smoke_data, tmp_path, mo
         for a, b in ((loss, got[step][0]), (val, got[step][1])):
             assert (a is None) == (b is None)
             if a is not None:
-                assert b == pytest.approx(a, rel=2e-2), step  # routing ties can flip late
+                tolerance = 1e-5 if step == 0 else 5e-2  # the same forward; then a drifting trajectory
+                assert b == pytest.approx(a, rel=tolerance), step
     frames = dynamo_utils.counters["stats"]["unique_graphs"] - graphs_before
     assert frames <= 4, f"{frames} graphs compiled (train + eval expected)"
 
