@@ -13,9 +13,9 @@ SHAPES = [(32, 24), (24, 32), (16, 16, 3), (40, 8), (32, 24), (8, 8)]
 class CountingMuon(MuonAdamW):
     calls = 0
 
-    def _orthogonalize(self, group, direction):
+    def _orthogonalize(self, group, direction, generator=None):
         CountingMuon.calls += 1
-        return super()._orthogonalize(group, direction)
+        return super()._orthogonalize(group, direction, generator)
 
 
 def _make_params():

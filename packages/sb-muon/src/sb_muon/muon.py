@@ -10,8 +10,10 @@ import torch
 import torch.distributed as dist
 
 from .distributed import assign_owners, share_results, world_and_rank
+from .idle import active_slices, validate_skip_idle
 from .orthogonalize import Method, orthogonalize, resolve_method
 from .params import describe, looks_like_embedding_or_head, normalize_params
+from .power_iter import power_iter_generator, validate_power_iter
 from .scaling import LrScale, lr_scale_factor, validate_lr_scale
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -71,9 +73,20 @@ class Muon(torch.optim.Optimizer):
             Gradients must already be identical on all ranks (all-reduced).
         process_group: the group to split the work over (default: the world).
         check_names: refuse parameters whose names look like embeddings or heads.
+        skip_idle_slices: a matrix (one slice of a stacked parameter, or the whole of a 2-D or
+            flattened one) whose gradient is exactly zero everywhere is idle this step: no update, no
+            weight decay, no momentum change, as if it had no gradient. For stacked experts that got no
+            tokens (docs/design/optimizer.md, Idle experts). Decided on the device (no host sync).
+        power_iter_start: "turbo" only: start the σ_max power iteration from the "constant" vector
+            (default; depends on nothing but the input) or a "random" Gaussian vector, reseeded for
+            each parameter and step from (power_iter_seed, parameter index, the parameter's step
+            count), so it is reproducible, survives a state_dict round trip, and does not depend on
+            which rank computes it.
+        power_iter_seed: the base seed of the random start.
 
     The per-group options are lr, momentum, nesterov, weight_decay, ns_steps, method, lr_scale,
-    stacked, compute_dtype, eps, master_weights and use_triton.
+    stacked, compute_dtype, eps, master_weights, use_triton, skip_idle_slices, power_iter_start and
+    power_iter_seed.
     """
 
     def __init__(
@@ -96,6 +109,9 @@ class Muon(torch.optim.Optimizer):
         distributed: bool = True,
         process_group: dist.ProcessGroup | None = None,
         check_names: bool = True,
+        skip_idle_slices: bool = False,
+        power_iter_start: str = "constant",
+        power_iter_seed: int = 0,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -103,6 +119,8 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps, method=method, lr_scale=lr_scale, stacked=stacked,
                         compute_dtype=compute_dtype, eps=eps, master_weights=master_weights,
                         use_triton=use_triton)
+        defaults.update(skip_idle_slices=skip_idle_slices, power_iter_start=power_iter_start,
+                        power_iter_seed=power_iter_seed)
         self.nonfinite = nonfinite
         self.distributed = distributed
         self.process_group = process_group
@@ -154,6 +172,8 @@ class Muon(torch.optim.Optimizer):
                     "sb_muon.MuonAdamW (sb_muon.split_muon_params does this), or pass check_names=False.")
         if any(p.is_complex() or p.is_sparse for p in group["params"]):
             raise ValueError("Muon does not support complex or sparse parameters")
+        validate_skip_idle(group)
+        validate_power_iter(group)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -212,8 +232,11 @@ class Muon(torch.optim.Optimizer):
     def _other_step(self, groups: list[dict[str, Any]]) -> None:
         """Hook for optimizers that also own non-Muon groups (see MuonAdamW)."""
 
-    def _momentum_direction(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
-        """Update the momentum buffer of p and return the direction to orthogonalize."""
+    def _momentum_direction(
+        self, group: dict[str, Any], p: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Update the momentum buffer of p (only its `active` slices) and return the direction to
+        orthogonalize (an idle slice's direction is not used: :meth:`_apply` leaves that slice alone)."""
         state = self.state[p]
         grad = p.grad
         if "momentum_buffer" not in state:
@@ -224,23 +247,35 @@ class Muon(torch.optim.Optimizer):
         buf = state["momentum_buffer"]
         g = grad.to(buf.dtype)
         mu = group["momentum"]
-        buf.lerp_(g, 1.0 - mu)
+        if active is None:
+            buf.lerp_(g, 1.0 - mu)
+        else:
+            buf.copy_(torch.where(active, buf.lerp(g, 1.0 - mu), buf))
         return g.lerp(buf, mu) if group["nesterov"] else buf
 
-    def _orthogonalize(self, group: dict[str, Any], direction: torch.Tensor) -> torch.Tensor:
+    def _orthogonalize(
+        self, group: dict[str, Any], direction: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         matrices = _as_matrices(direction, group["stacked"])
         out = orthogonalize(matrices, group["ns_steps"], group["method"], dtype=group["compute_dtype"],
-                            eps=group["eps"], use_triton=group["use_triton"])
+                            eps=group["eps"], use_triton=group["use_triton"], power_iter_generator=generator)
         return out.view_as(direction)
 
     def _muon_step(self, groups: list[dict[str, Any]]) -> None:
+        index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         work = [(group, p) for group in groups for p in group["params"] if p.grad is not None]
         if not work:
             return
-        directions = [self._momentum_direction(group, p) for group, p in work]
+        actives = [active_slices(p.grad, group["stacked"]) if group.get("skip_idle_slices", False) else None
+                   for group, p in work]
+        directions = [self._momentum_direction(group, p, a)
+                      for (group, p), a in zip(work, actives, strict=True)]
+        # made on every rank (host-only work), so that each parameter's step count advances everywhere
+        generators = [power_iter_generator(group, self.state[p], index[p], p.device) for group, p in work]
         world, rank = world_and_rank(self.process_group) if self.distributed else (1, 0)
         if world == 1:
-            updates = [self._orthogonalize(group, d) for (group, _), d in zip(work, directions, strict=True)]
+            updates = [self._orthogonalize(group, d, gen)
+                       for (group, _), d, gen in zip(work, directions, generators, strict=True)]
         else:
             costs = []
             for (group, p), d in zip(work, directions, strict=True):
@@ -248,20 +283,28 @@ class Muon(torch.optim.Optimizer):
                 m, n = min(rows, cols), max(rows, cols)
                 costs.append(d.numel() / (rows * cols) * (4 * m * m * n + 2 * m ** 3) * group["ns_steps"] + 1)
             owners = assign_owners(costs, world)
-            mine = {i: self._orthogonalize(work[i][0], directions[i])
+            mine = {i: self._orthogonalize(work[i][0], directions[i], generators[i])
                     for i in range(len(work)) if owners[i] == rank}
             updates = share_results(mine, directions, owners, self.process_group)
-        for (group, p), update in zip(work, updates, strict=True):
-            self._apply(group, p, update)
+        for (group, p), update, active in zip(work, updates, actives, strict=True):
+            self._apply(group, p, update, active)
 
-    def _apply(self, group: dict[str, Any], p: torch.Tensor, update: torch.Tensor) -> None:
+    def _apply(
+        self, group: dict[str, Any], p: torch.Tensor, update: torch.Tensor, active: torch.Tensor | None = None
+    ) -> None:
+        """Weight decay and the step; with an `active` mask, idle slices keep their values bit for bit."""
         rows, cols = _matrix_dims(p, group["stacked"])
         step_size = group["lr"] * lr_scale_factor(group["lr_scale"], rows, cols)
         decay = group["lr"] * group["weight_decay"] * getattr(p, "wd_mul", 1.0)
         master = self.state[p].get("master_weight")
         target = master if master is not None else p
-        if decay != 0.0:
-            target.mul_(1.0 - decay)
-        target.add_(update.to(target.dtype), alpha=-step_size)
+        if active is None:
+            if decay != 0.0:
+                target.mul_(1.0 - decay)
+            target.add_(update.to(target.dtype), alpha=-step_size)
+        else:
+            stepped = target.mul(1.0 - decay) if decay != 0.0 else target.clone()
+            stepped.add_(update.to(target.dtype), alpha=-step_size)
+            target.copy_(torch.where(active, stepped, target))
         if master is not None:
             p.copy_(master)

@@ -88,14 +88,21 @@ def _column_rms_precondition(X: torch.Tensor) -> torch.Tensor:
     return X / rms.clamp_min(1e-6)
 
 
-def _sigma_max_normalize(U: torch.Tensor) -> torch.Tensor:
-    """Divide each matrix by an estimate of its largest singular value (one power iteration).
+def _sigma_max_normalize(U: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Divide each matrix by an estimate of its largest singular value (one power iteration, in fp32).
 
-    The start vector is the constant vector, not a random one, so the result depends on nothing
-    but the input (identical on every rank and every run).
+    The start vector is the constant vector when `generator` is None (the result depends on nothing but
+    the input), else a Gaussian vector drawn from `generator` (the reference's start; see
+    docs/design/optimizer.md, TurboMuon). The estimate is computed in fp32 whatever U's dtype (it costs
+    matrix-vector products only); the result is fp32.
     """
+    U = U.float()
     n = U.size(-1)
-    v = torch.full((*U.shape[:-2], n, 1), n ** -0.5, dtype=U.dtype, device=U.device)
+    if generator is None:
+        v = torch.full((*U.shape[:-2], n, 1), n ** -0.5, dtype=U.dtype, device=U.device)
+    else:
+        v = torch.randn((*U.shape[:-2], n, 1), generator=generator, dtype=U.dtype, device=U.device)
+        v = v / (torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True) + 1e-8)
     u = U @ v
     u = u / (torch.linalg.vector_norm(u, dim=(-2, -1), keepdim=True) + 1e-8)
     v = U.mT @ u
@@ -169,6 +176,7 @@ def orthogonalize(
     dtype: torch.dtype | None = None,
     eps: float = 1e-7,
     use_triton: bool = False,
+    power_iter_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Approximate the polar factor of `G` (shape (..., rows, cols)), batched over leading dims.
 
@@ -186,6 +194,8 @@ def orthogonalize(
         eps: added to the Frobenius norm before dividing by it.
         use_triton: compute the two symmetric products with the Triton Gram kernel (CUDA, or the
             Triton interpreter); the plain PyTorch path is the reference it is tested against.
+        power_iter_generator: "turbo" only: start the σ_max power iteration from a Gaussian vector
+            drawn from this generator (on G's device) instead of the constant vector.
 
     Returns:
         A tensor of G's shape and dtype whose singular values lie near 1 (see the README for each
@@ -210,5 +220,5 @@ def orthogonalize(
     if transposed:
         X = X.mT
     if method == "turbo":
-        X = _sigma_max_normalize(X)
+        X = _sigma_max_normalize(X, power_iter_generator)
     return X.reshape(*lead, X.size(-2), X.size(-1)).to(G.dtype)
