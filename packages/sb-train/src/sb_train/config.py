@@ -82,6 +82,14 @@ class OptimConfig:
     muon_method: Literal["tuned5", "polar_express", "quintic", "turbo", "eigh", "svd"] = "turbo"
     muon_ns_steps: int = 4
     muon_nesterov: bool = False  # the record's TurboMuon: a plain EMA of the gradient
+    # TurboMuon's products (Newton-Schulz and the power iteration) in fp32, as the reference; "auto":
+    # sb-muon's hardware-dependent default (docs/design/optimizer.md, TurboMuon)
+    muon_compute_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    # the σ_max power iteration's start vector: "random" (the reference's; seeded per parameter and step from
+    # run.seed) or "constant" (sb-muon's default)
+    muon_power_iter_start: Literal["constant", "random"] = "random"
+    # experts that got no tokens in a step are left alone, as the reference's per-expert parameters were
+    muon_skip_idle_experts: bool = True
     router_grad_clip_norm: float = 0.0  # <= 0: no fixed clip
     router_autoclip: bool = True
     autoclip_window: int = 250

@@ -2,14 +2,16 @@
 
 Each group records its ``initial_lr``; the trainer sets ``lr = initial_lr × schedule multiplier`` for every
 group every step — Muon groups included, which the reference never did (docs/design/deviations.md D2).
-See docs/design/optimizer.md.
+The expert group skips idle experts (no tokens in the step: an all-zero gradient slice), as the reference's
+per-expert parameters without a gradient were skipped. See docs/design/optimizer.md.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from sb_muon import MuonAdamW
+from sb_muon import MuonAdamW, default_compute_dtype
 from sb_train.config import OptimConfig
 from sb_train.param_groups import (
     ADAM_GROUPS,
@@ -24,9 +26,20 @@ from sb_train.param_groups import (
     group_of,
 )
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
-    """Every trainable parameter in exactly one group (checked), groups in the reference's order."""
+
+def muon_compute_dtype(cfg: OptimConfig, device_type: str) -> torch.dtype:
+    """The dtype of the Muon products on a device of this type: the configured one, or on "auto" sb-muon's
+    default for the device."""
+    if cfg.muon_compute_dtype in _DTYPES:
+        return _DTYPES[cfg.muon_compute_dtype]
+    return default_compute_dtype(torch.device(device_type))
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> MuonAdamW:
+    """Every trainable parameter in exactly one group (checked), groups in the reference's order; ``seed``
+    seeds the power iteration's random start (with each parameter's index and step count)."""
     named: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in (*ADAM_GROUPS, *MUON_GROUPS)}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -46,7 +59,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
             continue
         group = {"params": params, "name": name, "lr": lrs[name], "initial_lr": lrs[name]}
         if name in MUON_GROUPS:
-            group.update(use_muon=True, stacked=True, weight_decay=cfg.weight_decay)
+            group.update(use_muon=True, stacked=True, weight_decay=cfg.weight_decay,
+                         skip_idle_slices=cfg.muon_skip_idle_experts and name == SHARED_FFN)
         else:
             group.update(use_muon=False, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                          weight_decay=cfg.weight_decay)
@@ -58,6 +72,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
         nesterov=cfg.muon_nesterov,
         ns_steps=cfg.muon_ns_steps,
         method=cfg.muon_method,
+        compute_dtype=_DTYPES.get(cfg.muon_compute_dtype),  # None ("auto"): sb-muon decides per device
+        power_iter_start=cfg.muon_power_iter_start,
+        power_iter_seed=seed,
         nonfinite="ignore",  # the trainer checks the loss instead (no extra host sync per step)
     )
     counted = sum(len(g["params"]) for g in opt.param_groups)

@@ -105,7 +105,7 @@ def build_parts(cfg: TrainConfig, *, resume: str | None = None, env: DistEnv | N
         forward=torch.compile(model, dynamic=False) if use_compile else model,
         loader=train_loader(cfg.data, env, micro, mcfg.vocab_size),
         val_loaders=val_loaders,
-        opt=build_optimizer(model, o),
+        opt=build_optimizer(model, o, seed=run.seed),
         reducer=GradReducer(list(model.parameters()), env.world_size),
         router_params=[bank.router_w, bank.router_b] if bank is not None else [],
         router_clip=RouterClip(window=o.autoclip_window, quantile=o.autoclip_quantile,
