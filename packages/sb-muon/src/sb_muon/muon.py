@@ -77,6 +77,7 @@ class Muon(torch.optim.Optimizer):
             flattened one) whose gradient is exactly zero everywhere is idle this step: no update, no
             weight decay, no momentum change, as if it had no gradient. For stacked experts that got no
             tokens (docs/design/optimizer.md, Idle experts). Decided on the device (no host sync).
+            Muon groups only: MuonAdamW's AdamW groups update every element, as one parameter.
         power_iter_start: "turbo" only: start the σ_max power iteration from the "constant" vector
             (default; depends on nothing but the input) or a "random" Gaussian vector, reseeded for
             each parameter and step from (power_iter_seed, parameter index, the parameter's step
