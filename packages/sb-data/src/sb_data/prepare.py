@@ -222,7 +222,8 @@ def prepare(
     like the speedrun's first shard; otherwise a ``val_fraction`` of documents, chosen by a seeded hash
     of their index, goes there.
     ``workers`` threads encode in parallel (default: every core). ``progress=None`` shows the bar on
-    a terminal only.
+    a terminal only. A refused ``prefix``, ``out_dir``, ``shard_size`` or header version raises
+    :class:`PrepareOptionError` before anything is read or written.
     """
     start = time.perf_counter()
     if shard_size < 1:

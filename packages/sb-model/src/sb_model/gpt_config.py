@@ -42,7 +42,7 @@ class GPTConfig:
     attention: AttentionImpl = "auto"  # auto: FlexAttention when available, else SDPA with a dense mask
     attn_scale: float = 0.12
     block_size: int = 128  # attention window granularity and router block-position flags
-    max_window_tokens: int = 3456  # the long window's end value in the reference's window schedule
+    max_window_tokens: int = 3456  # the long window's end value (a multiple of block_size) in the schedule
     skip_attn_layers: tuple[int, ...] = (11,)
     long_window_layers: tuple[int, ...] | None = (
         None  # None: the reference's rule (every 4th layer for 28/32)
