@@ -167,3 +167,26 @@ def test_base_url_configuration(monkeypatch):
     )
     monkeypatch.setenv("SB_DATA_BASE_URL", "http://127.0.0.1:9/files")
     assert default_base_url("fineweb10B") == "http://127.0.0.1:9/files"
+
+
+def test_a_full_disk_is_reported_at_once_not_retried(remote, tmp_path, capsys, monkeypatch):
+    import errno
+    import importlib
+
+    module = importlib.import_module("sb_data.download")  # the package's `download` names the function
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if "r" not in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", full_disk, raising=False)
+    monkeypatch.setattr(module.time, "sleep", lambda s: pytest.fail("retried a local disk error"))
+    remote.requests.clear()
+    code = main(["download", "fineweb10B", str(tmp_path), "--shards", "0", "--base-url", remote.url,
+                 "--retries", "3", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    part = tmp_path / "fineweb_val_000000.bin.part"
+    assert f"sb-data: error: {part}: no space left on the device; free some space" in err
+    assert len(remote.requests) == 1 and not (tmp_path / "fineweb_val_000000.bin").exists()

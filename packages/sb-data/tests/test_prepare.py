@@ -193,5 +193,5 @@ def test_cli_prepare_and_summary(tmp_path, capsys):
         docs = split_stream([tmp_path / "o" / f"lic_{split}_000000.bin"], tok.eot_id)
         assert [tok.decode(d) for d in docs] == expected
     code = main(["prepare", files[0], "-o", str(tmp_path / "o"), "--prefix", "lic", "--tokenizer", "bytes"])
-    assert code == 1
+    assert code == 2  # the fix is an option (--overwrite): a usage error
     assert "--overwrite" in capsys.readouterr().err

@@ -47,3 +47,61 @@ def test_preset_bank_overrides_apply_on_top_of_the_preset_bank():
 def test_a_bank_without_its_width_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="model_dim and num_layers not set"):
         SharedExpertBank(BankConfig())
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        # silently clamped or rounded before: refused, naming the field and the fix
+        (dict(eod_token_id=97), r"eod_token_id=97 is not a token of the vocabulary 0\.\.96.*end-of-text id"),
+        (dict(eod_token_id=-1), r"eod_token_id=-1 is not a token"),
+        (
+            dict(max_window_tokens=0),
+            r"max_window_tokens=0 must be a positive multiple of block_size=16.*use 16",
+        ),
+        (dict(max_window_tokens=-32), r"max_window_tokens=-32 must be a positive multiple"),
+        (dict(max_window_tokens=8), r"max_window_tokens=8 .*use 16"),
+        (dict(max_window_tokens=70), r"max_window_tokens=70 .*use 64"),
+        # crashed with ZeroDivisionError or built nonsense before
+        (dict(head_dim=0), r"head_dim \(0\), itself a positive multiple of 4"),
+        (dict(head_dim=-4), r"head_dim \(-4\), itself a positive multiple of 4"),
+        (dict(vocab_multiple=0), r"vocab_multiple must be >= 1"),
+        (dict(attn_scale=0.0), r"attn_scale must be a finite number > 0"),
+        (dict(attn_scale=float("nan")), r"attn_scale must be a finite number > 0"),
+    ],
+)
+def test_values_that_were_clamped_or_crashed_are_refused(kw, match):
+    with pytest.raises(ValueError, match="GPTConfig: .*" + match):
+        GPTConfig.tiny(**kw)
+
+
+def test_the_window_and_eod_limits_themselves_are_accepted():
+    assert GPTConfig.tiny(max_window_tokens=16).max_window_tokens == 16  # one block
+    assert GPTConfig.tiny(eod_token_id=96).bank.eod_token_id == 96  # the last id of the vocabulary
+    assert GPTConfig.record().eod_token_id == 50256 < GPTConfig.record().vocab_size
+
+
+@pytest.mark.parametrize(
+    "bank,match",
+    [
+        (dict(boost_peak_frac=1.5), r"boost_peak_frac must be in \[0, 1\]"),
+        (dict(boost_peak_frac=-0.1), r"boost_peak_frac must be in \[0, 1\]"),
+        (dict(temp_boost=-1.0), r"temp_boost \* boost_decay_scale must be > -1 \(got -1.0\)"),
+        (dict(temp_boost=-0.8, boost_decay_scale=2.0), r"temp_boost \* boost_decay_scale must be > -1"),
+        (dict(lb_boost=-1.5), r"lb_boost \* boost_decay_scale must be >= -1"),
+        (dict(ema_layer_stride=5), r"ema_layer_stride=5 exceeds num_layers=4.*-1"),
+    ],
+)
+def test_bank_values_that_were_clamped_are_refused(bank, match):
+    with pytest.raises(ValueError, match="BankConfig: " + match):
+        GPTConfig.tiny(bank=bank)
+
+
+def test_a_temperature_boost_just_above_the_limit_keeps_every_multiplier_positive():
+    from sb_model.bank.bank import layer_boosts
+
+    for shape in ("peak", "valley", "linear_start", "linear_end"):
+        cfg = GPTConfig.tiny(num_layers=5, skip_map=(), bank={"temp_boost": -0.99, "boost_shape": shape})
+        temp_mult, lb_mult = layer_boosts(cfg.bank)
+        assert float(temp_mult.min()) > 0 and float(lb_mult.min()) >= 0
+    assert GPTConfig.tiny(bank={"ema_layer_stride": 4}).bank.layer_stride == 4  # = num_layers: accepted

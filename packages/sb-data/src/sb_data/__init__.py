@@ -20,6 +20,7 @@ from sb_data.format import (
 )
 from sb_data.inspection import ShardReport, inspect_shard
 from sb_data.loader import DistributedTokenLoader
+from sb_data.output_checks import PrepareOptionError
 from sb_data.prepare import PrepareSummary, ValidationRule, prepare
 from sb_data.shards import LoaderStats, find_shards
 from sb_data.sources import DocumentSourceError
@@ -43,6 +44,7 @@ __all__ = [
     "DownloadError",
     "DownloadResult",
     "LoaderStats",
+    "PrepareOptionError",
     "PrepareSummary",
     "ShardFormatError",
     "ShardHeader",

@@ -1,8 +1,9 @@
 """Atomic file creation: write to a temporary file in the target folder, fsync, then rename.
 
 A reader never sees a half-written file under the final name: either the old state (no file) or the
-whole new file. An interrupted write leaves at most a hidden ``.NAME.tmp-*`` file behind, which no
-shard pattern such as ``*.bin`` matches.
+whole new file. A failed write (a full or read-only disk, say) removes its temporary file and reports
+the final name; only a killed process can leave a hidden ``.NAME.tmp-*`` file behind, which no shard
+pattern such as ``*.bin`` matches.
 """
 
 from __future__ import annotations
@@ -45,7 +46,19 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as exc:
+        _discard(tmp)
+        if exc.errno is None or exc.filename not in (None, os.fspath(tmp)):
+            raise
+        # Name the file the caller asked for, not the hidden temporary one (which is gone now).
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(final)) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     fsync_directory(final.parent)
+
+
+def _discard(tmp: Path) -> None:
+    """Remove an unfinished temporary file; a failure here must not hide the error that got us here."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)

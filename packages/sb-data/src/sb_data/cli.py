@@ -8,27 +8,20 @@ import sys
 from collections.abc import Sequence
 
 from sb_data._version import __version__
-from sb_data.download import DATASETS, DownloadError, download
+from sb_data.cli_errors import DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, debug_requested, describe, report
+from sb_data.download import DATASETS, download
 from sb_data.format import ShardFormatError
 from sb_data.inspection import inspect_shard, report_dict
 from sb_data.prepare import prepare
-from sb_data.sources import DocumentSourceError
-from sb_data.tokenizers import BPE_DIR_ENV, DocumentEncodingError, TokenizerUnavailableError
-
-EXPECTED_ERRORS = (
-    ShardFormatError,
-    DocumentSourceError,
-    DocumentEncodingError,
-    TokenizerUnavailableError,
-    DownloadError,
-    FileExistsError,
-    FileNotFoundError,
-    ValueError,
-)
+from sb_data.shards import find_shards
+from sb_data.tokenizers import BPE_DIR_ENV
 
 
 def _positive_int(text: str) -> int:
-    value = int(text.replace("_", ""))
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -39,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sb-data", description="Token shards: write them from text, download them, inspect them."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of an error (or {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -93,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "inspect", help="describe and validate shards", description="Validate and describe shards."
     )
-    i.add_argument("files", nargs="+", help="shard files")
+    i.add_argument("files", nargs="+", help="shard files, folders (their *.bin files) or glob patterns")
     i.add_argument("--tokens", type=int, default=32, help="how many leading tokens to show (default 32)")
     i.add_argument("--tokenizer", default="auto", help="auto (from the header), gpt2, bytes, none")
     i.add_argument("--bpe-dir", help=f"folder with GPT-2's BPE files (or ${BPE_DIR_ENV})")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    for command in (p, d, i):  # also accepted after the command; SUPPRESS keeps the top-level value
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -141,35 +141,43 @@ def _download(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     tokenizer = None if args.tokenizer == "none" else args.tokenizer
     reports, failed = [], 0
-    for path in args.files:
+    for item in args.files:
         try:
-            report = inspect_shard(path, first=args.tokens, tokenizer=tokenizer, bpe_dir=args.bpe_dir)
-        except (ShardFormatError, FileNotFoundError) as exc:
+            paths = find_shards(item)  # a folder stands for its *.bin files
+        except OSError as exc:
             failed += 1
-            print(f"sb-data: error: {exc}", file=sys.stderr)
+            print(f"sb-data: error: {describe(exc)[0]}", file=sys.stderr)
             continue
-        reports.append(report)
-        if not args.json:
-            print(report.format())
+        for path in paths:
+            try:
+                report = inspect_shard(path, first=args.tokens, tokenizer=tokenizer, bpe_dir=args.bpe_dir)
+            except (ShardFormatError, OSError) as exc:  # a bad file does not stop the others
+                failed += 1
+                print(f"sb-data: error: {describe(exc)[0]}", file=sys.stderr)
+                continue
+            reports.append(report)
+            if not args.json:
+                print(report.format())
     if args.json:
         print(json.dumps([report_dict(r) for r in reports], indent=2))
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sb-data``; every error becomes one line on stderr and an exit code (sb_data.cli_errors)."""
     args = build_parser().parse_args(argv)
+    debug = debug_requested(args.debug)
     handler = {"prepare": _prepare, "download": _download, "inspect": _inspect}[args.command]
     try:
         return handler(args)
-    except EXPECTED_ERRORS as exc:
-        print(f"sb-data: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(
             "sb-data: interrupted; finished files are whole, unfinished ones were not renamed",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report(exc, debug=debug)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ or in a later run); the file gets its final name only after its header and size 
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import time
@@ -129,6 +130,18 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool | None) 
     return written, resumed
 
 
+# Errors of the local file system, as opposed to the network: retrying the transfer cannot fix them.
+LOCAL_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+)
+
+
+def _local_file_error(exc: Exception) -> bool:
+    return (
+        isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError) and exc.errno in LOCAL_ERRNOS
+    )
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike[str],
@@ -167,6 +180,8 @@ def download_file(
                 ) from None
             problem: Exception = exc
         except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as exc:
+            if _local_file_error(exc):
+                raise  # a full, read-only or forbidden disk: retrying cannot help (the .part file is kept)
             problem = exc
         attempt += 1
         if attempt > retries:

@@ -5,8 +5,9 @@ speedrun's FineWeb shards. Documents are assigned to the validation or the train
 documents, in input order, by a rule that depends only on the document's index (never on timing), so a
 run is reproducible whatever the number of workers. Shards hold exactly ``shard_size`` tokens except the
 last of each split; a document may continue from one shard into the next, as in the speedrun's shards.
-Every shard is written atomically, and the summary file is written last, so an interrupted run never
-leaves a half shard that looks whole, and a finished run is recognisable by its summary.
+Every shard is written atomically, and the summary file is written last, so an interrupted or failed run
+(a full disk, say) never leaves a half shard that looks whole, and a finished run is recognisable by its
+summary. The prefix and the output folder are checked before any input is read (:mod:`sb_data.output_checks`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sb_data.atomic import atomic_write
 from sb_data.format import TOKEN_DTYPES, choose_version, write_shard
+from sb_data.output_checks import PrepareOptionError, check_output_folder, check_prefix, probe_writable
 from sb_data.sources import Document, DocumentSourceError, expand_inputs, read_documents, total_input_bytes
 from sb_data.tokenizers import DocumentEncodingError, Tokenizer, get_tokenizer
 
@@ -220,19 +222,30 @@ def prepare(
     like the speedrun's first shard; otherwise a ``val_fraction`` of documents, chosen by a seeded hash
     of their index, goes there.
     ``workers`` threads encode in parallel (default: every core). ``progress=None`` shows the bar on
-    a terminal only.
+    a terminal only. A refused ``prefix``, ``out_dir``, ``shard_size`` or header version raises
+    :class:`PrepareOptionError` before anything is read or written.
     """
     start = time.perf_counter()
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    tok = get_tokenizer(tokenizer, bpe_dir=bpe_dir) if isinstance(tokenizer, str) else tokenizer
-    rule = ValidationRule(fraction=val_fraction, docs=val_docs, seed=seed)
+        raise PrepareOptionError(f"--shard-size must be >= 1, got {shard_size}")
+    check_prefix(prefix)
     out = Path(out_dir)
+    check_output_folder(out)
+    rule = ValidationRule(fraction=val_fraction, docs=val_docs, seed=seed)
     # Never read our own output back as input (e.g. `prepare corpus/ -o corpus/shards`).
     files = [p for p in expand_inputs(inputs) if not p.resolve().is_relative_to(out.resolve())]
     if not files:
         raise DocumentSourceError(f"every input lies inside the output folder {out}")
+    tok = get_tokenizer(tokenizer, bpe_dir=bpe_dir) if isinstance(tokenizer, str) else tokenizer
+    version = header_version or choose_version(tok.vocab_size - 1, tok.vocab_size)
+    if version not in TOKEN_DTYPES:
+        raise PrepareOptionError(f"unknown --header-version {version} (1 = uint16, 2 = uint32)")
+    if version == 1 and tok.vocab_size > 65536:
+        raise PrepareOptionError(
+            f"vocabulary {tok.vocab_size:,} does not fit uint16 tokens; use --header-version 2"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    probe_writable(out)
     existing = _existing_outputs(out, prefix)
     if existing:
         if not overwrite:
@@ -243,11 +256,6 @@ def prepare(
             )
         for path in existing:
             path.unlink()
-    version = header_version or choose_version(tok.vocab_size - 1, tok.vocab_size)
-    if version not in TOKEN_DTYPES:
-        raise ValueError(f"unknown header version {version} (1 = uint16, 2 = uint32)")
-    if version == 1 and tok.vocab_size > 65536:
-        raise ValueError(f"vocabulary {tok.vocab_size:,} does not fit uint16 tokens; use header version 2")
     writers = {
         split: SplitShardWriter(
             out, prefix, split, shard_size, version=version, vocab_size=tok.vocab_size, eot_id=tok.eot_id
@@ -262,6 +270,35 @@ def prepare(
         shard_size=shard_size,
         inputs=[str(p) for p in files],
     )
+    try:
+        _tokenize_into(
+            writers, summary, files, tok, rule, workers=workers, text_field=text_field, progress=progress
+        )
+        _finish(summary, writers, rule, out, prefix, start)
+    except Exception as exc:
+        finished = [p.name for w in writers.values() for p in w.paths]
+        if finished:
+            exc.add_note(
+                f"the {len(finished)} shard(s) finished before this error are whole, but no summary was "
+                f"written, so the set is incomplete; fix the problem and run again with --overwrite"
+            )
+        raise
+    return summary
+
+
+def _tokenize_into(
+    writers: dict[str, SplitShardWriter],
+    summary: PrepareSummary,
+    files: list[Path],
+    tok: Tokenizer,
+    rule: ValidationRule,
+    *,
+    workers: int | None,
+    text_field: str,
+    progress: bool | None,
+) -> None:
+    """Encode every document of ``files`` on a thread pool and hand the ids, in input order, to the
+    split's writer; the last, short shard of each split is flushed too."""
     n_workers = max(1, workers or available_cores())
     documents = (doc for path in files for doc in read_documents(path, text_field=text_field))
     bar = tqdm(
@@ -301,6 +338,17 @@ def prepare(
             raise
     for writer in writers.values():
         writer.flush()
+
+
+def _finish(
+    summary: PrepareSummary,
+    writers: dict[str, SplitShardWriter],
+    rule: ValidationRule,
+    out: Path,
+    prefix: str,
+    start: float,
+) -> None:
+    """Fill in the summary's counts and warnings, and write it (atomically, last of all files)."""
     summary.seconds = time.perf_counter() - start
     for split, writer in writers.items():
         summary.documents[split] = writer.documents
@@ -314,4 +362,3 @@ def prepare(
     record = asdict(summary) | {"tokens_per_second": summary.tokens_per_second}
     with atomic_write(out / summary_name(prefix)) as f:
         f.write(json.dumps(record, indent=2).encode())
-    return summary

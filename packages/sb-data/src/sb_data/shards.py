@@ -45,6 +45,11 @@ def find_shards(files: ShardFiles) -> list[Path]:
             found = [Path(p) for p in sorted(glob.glob(str(item), recursive=True)) if Path(p).is_file()]
         else:
             found = []
+        if not found and path.is_dir():
+            raise FileNotFoundError(
+                f"the folder {str(item)!r} holds no *.bin shard files; name the shard files, or a folder "
+                "that holds them (write shards with `sb-data prepare`, fetch them with `sb-data download`)"
+            )
         if not found:
             raise FileNotFoundError(
                 f"no shard files match {str(item)!r} (relative paths start at {Path.cwd()}); "

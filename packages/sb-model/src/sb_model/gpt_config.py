@@ -5,6 +5,7 @@ One validated dataclass, with the record and tiny presets; the nested
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ class GPTConfig:
     attention: AttentionImpl = "auto"  # auto: FlexAttention when available, else SDPA with a dense mask
     attn_scale: float = 0.12
     block_size: int = 128  # attention window granularity and router block-position flags
-    max_window_tokens: int = 3456  # the long window's end value in the reference's window schedule
+    max_window_tokens: int = 3456  # the long window's end value (a multiple of block_size) in the schedule
     skip_attn_layers: tuple[int, ...] = (11,)
     long_window_layers: tuple[int, ...] | None = (
         None  # None: the reference's rule (every 4th layer for 28/32)
@@ -70,13 +71,34 @@ class GPTConfig:
             "vocab_size, model_dim, num_layers must be > 0",
         )
         need(
-            self.head_dim % 4 == 0 and self.model_dim % self.head_dim == 0,
+            self.head_dim > 0 and self.head_dim % 4 == 0 and self.model_dim % self.head_dim == 0,
             f"model_dim ({self.model_dim}) must be a multiple of head_dim ({self.head_dim}), "
-            "itself a multiple "
-            "of 4 (rotary pairs)",
+            "itself a positive multiple of 4 (rotary pairs)",
+        )
+        need(
+            self.vocab_multiple >= 1,
+            f"vocab_multiple must be >= 1 (got {self.vocab_multiple}); 1 means no padding of the vocabulary",
+        )
+        need(
+            0 <= self.eod_token_id < self.vocab_size,
+            f"eod_token_id={self.eod_token_id} is not a token of the vocabulary 0..{self.vocab_size - 1}: "
+            "documents would never be separated; set eod_token_id to the tokenizer's end-of-text id "
+            "(50256 for GPT-2, 0 for sb-data's bytes tokenizer) or raise vocab_size",
         )
         need(0 <= self.num_value_embeds <= 3, f"num_value_embeds must be 0..3 (got {self.num_value_embeds})")
         need(self.max_seq_len >= 1 and self.block_size >= 1, "max_seq_len and block_size must be >= 1")
+        # The window is counted in whole blocks (docs/design/model.md, block masks and the window schedule).
+        need(
+            self.max_window_tokens >= self.block_size and self.max_window_tokens % self.block_size == 0,
+            f"max_window_tokens={self.max_window_tokens} must be a positive multiple of block_size="
+            f"{self.block_size} (the attention window is counted in whole blocks; a smaller value would be "
+            f"raised to one block, a ragged one cut down); use "
+            f"{max(1, round(self.max_window_tokens / self.block_size)) * self.block_size}",
+        )
+        need(
+            self.attn_scale > 0 and math.isfinite(self.attn_scale),
+            f"attn_scale must be a finite number > 0 (got {self.attn_scale})",
+        )
         need(
             self.attention in ("auto", "flex", "sdpa"),
             f"attention must be auto|flex|sdpa (got {self.attention!r})",

@@ -137,6 +137,31 @@ class BankConfig:
         )
         for name in ("lb_coeff", "entropy_coeff", "switch_lb_coeff", "z_loss_coeff"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0 (got {getattr(self, name)})")
+        # Per-layer multipliers 1 + scale·boost·shape, shape in [0, 1] (docs/design/model.md, layer boosts):
+        # a temperature multiplier <= 0 would be clamped to a tiny temperature when routing, and a negative
+        # load-balance multiplier would reward imbalance.
+        need(
+            0.0 <= self.boost_peak_frac <= 1.0,
+            f"boost_peak_frac must be in [0, 1] (a position in the depth; got {self.boost_peak_frac})",
+        )
+        temp = self.boost_decay_scale * self.temp_boost
+        need(
+            temp > -1.0,
+            f"temp_boost * boost_decay_scale must be > -1 (got {temp}): the per-layer temperature multiplier "
+            "1 + boost * shape must stay positive; use a smaller negative boost or 0 to turn it off",
+        )
+        lb = self.boost_decay_scale * self.lb_boost
+        need(
+            lb >= -1.0,
+            f"lb_boost * boost_decay_scale must be >= -1 (got {lb}): the per-layer load-balance multiplier "
+            "1 + boost * shape must not go negative; use a smaller negative boost or 0 to turn it off",
+        )
+        if self.num_layers is not None:
+            need(
+                self.ema_layer_stride <= self.num_layers,
+                f"ema_layer_stride={self.ema_layer_stride} exceeds num_layers={self.num_layers}; a stride of "
+                "num_layers or more is one EMA group for all layers: say so with -1",
+            )
         if self.adapter_layer_map is not None and self.num_layers is not None:
             need(
                 len(self.adapter_layer_map) == self.num_layers,
