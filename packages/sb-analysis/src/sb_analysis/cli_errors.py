@@ -46,6 +46,8 @@ def describe(err: BaseException) -> str:
     """One line naming the problem (an OSError names the path and what to do)."""
     if isinstance(err, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({err.reason} at byte {err.start}); give a UTF-8 file"
+    if isinstance(err, FileExistsError) and err.filename and os.path.isfile(err.filename):
+        return f"{err.filename}: is a file, not a directory; choose a path whose folders are folders"
     if isinstance(err, OSError) and err.errno in _OS_HINTS:
         where = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
         return f"{where}: {_OS_HINTS[err.errno]}" if where else _OS_HINTS[err.errno]

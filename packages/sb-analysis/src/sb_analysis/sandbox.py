@@ -2,9 +2,11 @@
 
 Two layers, each enough on its own for the file system (docs/log-format.md, "SQL sandbox"):
 
-1. The connection: the database file is opened read-only, then `enable_external_access = false` (no file,
-   URL or other database can be read, written or attached; the already-open database stays readable),
-   extension auto-install/auto-load off, optional memory/thread limits, and finally
+1. The connection: the database file is opened read-only with `enable_external_access = false` (no file,
+   URL or other database can be read, written or attached), extension auto-install/auto-load off and
+   optional memory/thread limits; then `disabled_filesystems = 'LocalFileSystem'` (DuckDB keeps the
+   database's own file on an allow-list, so without this `COPY ... TO '<the database>' (USE_TMP_FILE
+   false)` could overwrite it; the open database keeps reading through its open handle), and finally
    `lock_configuration = true`, so no later statement can undo any of it.
 2. The statements: DuckDB's own parser (`extract_statements`) classifies each statement; only reads run
    (SELECT, which covers WITH/DESCRIBE/SHOW/SUMMARIZE/FROM/VALUES; EXPLAIN of a read; PRAGMAs that only
@@ -167,14 +169,24 @@ def connect_read_only(
     try:
         locked = con.execute("SELECT current_setting('lock_configuration')").fetchall()[0]
         if not (locked and locked[0]):  # another connection of this process may have locked it already
+            con.execute("SET disabled_filesystems = 'LocalFileSystem'")
             con.execute("SET lock_configuration = true")
         external = con.execute("SELECT current_setting('enable_external_access')").fetchall()[0]
-        if not external or external[0]:
+        if not external or external[0] or _can_read_file(con, path):
             raise DatabaseBusyError(f"{path} is open in this process without the SQL sandbox; close it first")
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _can_read_file(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Whether the connection can still open its own database file as a file (it must not)."""
+    try:
+        con.execute("SELECT size FROM read_blob(?)", [str(path)]).fetchall()
+    except duckdb.PermissionException:
+        return False
+    return True
 
 
 def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
