@@ -126,7 +126,8 @@ def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, 
     a_file.write_text("x")
     assert main(["--db", str(a_file / "runs.duckdb"), "ingest", str(tmp_path), "-q"]) == 1
     err = capsys.readouterr().err
-    assert err == f"sb-analysis: error: {a_file}: is a file, not a directory; choose a path whose folders are folders\n"
+    assert err.startswith(f"sb-analysis: error: {a_file}: is a file, not a directory")
+    assert err.count("\n") == 1
     assert main(["--db", str(tmp_path / "missing.duckdb"), "runs"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("sb-analysis: error: database") and err.count("\n") == 1
