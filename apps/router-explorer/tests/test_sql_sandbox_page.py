@@ -55,3 +55,18 @@ def test_sql_page_stops_a_runaway_query(app, monkeypatch):
     at.text_area(key="sql_query").set_value("SELECT count(*) FROM range(100000000000) a")
     at.button[0].click().run()
     assert at.error[0].value.startswith("Stopped: the query ran longer than 0.5 s")
+
+
+def test_a_corrupted_database_gives_a_message_not_a_traceback(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from router_explorer.serving import PAGE_SCRIPT
+
+    broken = tmp_path / "runs.duckdb"
+    broken.write_bytes(b"\x00\x01\x02\x03")  # what the unsandboxed page could once turn the database into
+    monkeypatch.setenv("SB_EXPLORER_DB", str(broken))
+    monkeypatch.delenv("SB_EXPLORER_RUNS", raising=False)
+    at = AppTest.from_file(PAGE_SCRIPT, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and str(broken) in at.error[0].value
