@@ -31,9 +31,10 @@ from streamlit.testing.v1 import AppTest
 
 from router_explorer.app import PAGES
 from router_explorer.sample_data import big_run
+from router_explorer.serving import PAGE_SCRIPT
 from sb_analysis import ingest
 
-ENTRY = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+ENTRY = Path(PAGE_SCRIPT)
 GOAL_S = 2.0
 SCRIPT_TIME = re.compile(r"page script ran in ([0-9.]+) s")
 

@@ -13,8 +13,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from router_explorer.sample_data import sample_database
+from router_explorer.serving import PAGE_SCRIPT
 
-ENTRY = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+ENTRY = Path(PAGE_SCRIPT)  # the page script both launchers serve (streamlit_app.py holds the ASGI app)
 # A run directory written by sb-train's smoke preset (`sb-train --preset smoke`, 12 steps, 4 layers x 4
 # experts, every router feature on; checkpoints left out). Regenerated live by the slow test.
 SMOKE_RUN = Path(__file__).resolve().parent / "data" / "smoke-run"

@@ -1,5 +1,6 @@
 """End to end: `streamlit run` on 127.0.0.1, the routing page opened in Debian's headless Chromium through
-playwright-core (e2e/check_page.mjs), heatmap and curves drawn, screenshot saved.
+playwright-core (e2e/check_page.mjs), heatmap and curves drawn, screenshot saved; the SQL page driven
+with refused queries and a read (e2e/check_sql.mjs).
 
 Needs /usr/bin/chromium (or $CHROMIUM) and e2e/node_modules (npm ci); `bash apps/router-explorer/e2e/
 setup.sh` installs both. Without them the test is skipped with that instruction.
@@ -105,3 +106,30 @@ def test_routing_page_renders_heatmap_and_curves_in_headless_chromium(server, tm
     assert any("heatmap" in types for types in found["traceTypes"])
     assert found["plots"] >= 6  # heatmap, served/demanded, 4 metrics, schedule
     assert screenshot.is_file() and screenshot.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+def test_sql_page_refuses_file_access_in_headless_chromium(server, sample_db, tmp_path):
+    root = sample_db.parent
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    stolen = tmp_path / "stolen.csv"
+    queries = [f"COPY (SELECT * FROM runs) TO '{stolen}'",
+               "SELECT content FROM read_text('/etc/passwd')",
+               f"COPY (SELECT 1 AS x) TO '{sample_db}' (USE_TMP_FILE false)",
+               "SELECT count(*) AS n FROM runs"]
+    done = subprocess.run(
+        ["node", str(E2E_DIR / "check_sql.mjs"), server, "90000", *queries],
+        cwd=E2E_DIR, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "CHROMIUM": CHROMIUM},
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"check_sql.mjs printed no result (rc {done.returncode}): {done.stderr[-2000:]}"
+    found = json.loads(lines[-1])
+    assert found["ok"], found
+    *refused, read = found["results"]
+    for result in refused:
+        assert result["error"].startswith("Not run: refused"), result
+        assert not result["exceptions"], result
+    assert not read["error"] and read["caption"].startswith("1 row(s)"), read
+    assert not stolen.exists()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before

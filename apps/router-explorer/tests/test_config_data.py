@@ -17,7 +17,7 @@ from router_explorer.config import ConfigError, parse_settings, script_args
 from router_explorer.pages.routing import nearest_step
 from router_explorer.pages.runs import filter_runs, key_figures
 from router_explorer.sample_data import synthetic_runs
-from sb_analysis import ingest
+from sb_analysis import RefusedStatement, ingest
 
 
 def ingested_runs(tmp_path: Path, steps: int) -> tuple[Path, Path]:
@@ -70,10 +70,17 @@ def test_script_args_only_under_streamlit_run(tmp_path):
 
 
 def test_cli_builds_the_streamlit_command():
-    ns = argparse.Namespace(db="r.duckdb", runs=["runs/"], port=8600, host="127.0.0.1", headless=True)
+    ns = argparse.Namespace(db="r.duckdb", runs=["runs/"], port=8600, host=None, headless=True,
+                            allowed_host=["explorer.example.org"])
     cmd = streamlit_command(ns)
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("_entry.py")
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("_serve.py")
     assert cmd[cmd.index("--server.port") + 1] == "8600" and "--server.headless" in cmd
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"  # loopback unless --host says otherwise
+    hosts = [cmd[i + 1] for i, flag in enumerate(cmd) if flag == "--server.allowedHosts"]
+    assert hosts == ["localhost", "127.0.0.1", "::1", "explorer.example.org"]
+    assert cmd[cmd.index("--client.showErrorDetails") + 1] == "none"
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     assert cmd[cmd.index("--") :] == ["--", "--db", "r.duckdb", "--runs", "runs/"]
 
 
@@ -153,7 +160,8 @@ def test_sql_fetches_at_most_the_limit(sample_db):
     assert result.frame.height == 100 and result.truncated
     small = data.run_sql(version, "SELECT 1 AS x", limit=100)
     assert small.frame.height == 1 and not small.truncated
-    assert data.run_sql(version, "SET threads = 1", limit=100).frame.is_empty()
+    with pytest.raises(RefusedStatement, match="SET/RESET/USE change settings"):
+        data.run_sql(version, "SET threads = 1", limit=100)
 
 
 def test_refreshed_version_ingests_followed_runs(tmp_path):

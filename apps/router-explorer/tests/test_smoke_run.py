@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from router_explorer.serving import PAGE_SCRIPT as ENTRY
 from sb_analysis import ingest
 
 PAGE_CHARTS = {
@@ -58,7 +59,7 @@ def test_fresh_sb_train_smoke_run_renders(tmp_path, monkeypatch):
     run_id = next(out.iterdir()).name
     monkeypatch.setenv("SB_EXPLORER_DB", str(db))
     monkeypatch.delenv("SB_EXPLORER_RUNS", raising=False)
-    entry = __file__.replace("tests/test_smoke_run.py", "streamlit_app.py")
+    entry = str(ENTRY)
     for page in ("losses", "routing", "health"):
         at = AppTest.from_file(entry, default_timeout=60)
         at.query_params["page"] = page

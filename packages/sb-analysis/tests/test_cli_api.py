@@ -46,7 +46,8 @@ def test_sql_errors_are_clear(shared_db, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["--db", str(tmp_path / "missing.duckdb"), "runs"]) == 1
     assert "sb-analysis ingest" in capsys.readouterr().err
-    assert main(["--db", str(shared_db), "sql", "SELECT 1", "--out", str(tmp_path / "x.txt")]) == 1
+    assert main(["--db", str(shared_db), "sql", "SELECT 1", "--out", str(tmp_path / "x.txt")]) == 2
+    assert ".csv or .parquet" in capsys.readouterr().err
 
 
 def test_compare_side_by_side(shared_db, capsys):
@@ -62,7 +63,7 @@ def test_compare_side_by_side(shared_db, capsys):
         "health_score_final",
     ):
         assert metric in out
-    assert main(["--db", str(shared_db), "compare", "healthy", "ghost"]) == 1
+    assert main(["--db", str(shared_db), "compare", "healthy", "ghost"]) == 2  # an unknown run is bad input
     assert "ghost" in capsys.readouterr().err
 
 
@@ -155,6 +156,6 @@ def test_api_steps_smoothing_and_downsampling(shared_db):
 
 
 def test_health_of_unknown_run(shared_db, capsys):
-    assert main(["--db", str(shared_db), "health", "ghost"]) == 1
+    assert main(["--db", str(shared_db), "health", "ghost"]) == 2  # an unknown run is bad input
     err = capsys.readouterr().err
     assert "ghost" in err and "healthy" in err

@@ -243,14 +243,19 @@ def test_unknown_inputs_fail_clearly(tmp_path):
     assert "format_version 2 is not supported" in messages
 
 
-def test_run_directory_of_copies_keeps_ids(run_root, tmp_path):
+def test_run_directory_of_copies_is_refused_then_replaced(run_root, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_root / "healthy", copy)
     db = tmp_path / "r.duckdb"
     ingest([run_root / "healthy"], db)
-    report = ingest([copy], db)  # same run id from another path: rows are replaced, not doubled
-    assert report.runs[0].new_rows["steps"] == 0
+    report = ingest([copy], db)  # same run id from another folder: refused, never merged
+    assert report.exit_code == 1 and not report.runs
+    assert "--replace" in report.failures[0][1]
+    report = ingest([copy], db, replace=True)
+    assert report.exit_code == 0 and report.runs[0].new_rows["steps"] == 301
     assert counts(db)["steps"] == 301
+    with RunDB(db) as rdb:
+        assert rdb.sql("SELECT path FROM runs").item() == str(copy.resolve())
 
 
 def test_changed_view_definitions_rebuild_derived_data(run_root, tmp_path):

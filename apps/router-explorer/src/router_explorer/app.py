@@ -7,6 +7,7 @@ with the step range highlighted (the health page links its findings this way).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,9 @@ PAGES: dict[str, Callable[[Context], None]] = {
     "Domains": domains.render,
     "SQL": sql.render,
 }
+LOGGER = logging.getLogger("router_explorer")
+FRIENDLY_ERROR = ("This page could not be drawn. The details are in the server log (the terminal that "
+                  "runs the explorer); other pages still work.")
 PAGE_KEY = "page"
 RUN_KEY = "run"
 
@@ -55,7 +59,9 @@ def main(script: str | Path | None = None) -> None:
     summary = _ingest(settings) if settings.ingests else None
     try:
         version = data.db_version(settings.db)
-    except FileNotFoundError as err:
+    except Exception as err:  # missing, unreadable or not a database (e.g. a truncated file)
+        if not isinstance(err, FileNotFoundError):
+            LOGGER.exception("cannot open %s", settings.db)
         st.title("SwitchBank router explorer")
         st.error(str(err))
         for path, reason in summary.failures if summary is not None else ():
@@ -74,7 +80,11 @@ def main(script: str | Path | None = None) -> None:
         st.title("SwitchBank router explorer")
         st.info(f"The database {settings.db} holds no runs yet. " + HOW_TO_START)
         return
-    PAGES[page](Context(settings, version, run_table, run_id))
+    try:
+        PAGES[page](Context(settings, version, run_table, run_id))
+    except Exception:  # client.showErrorDetails is "none": a friendly line here, the traceback in the log
+        LOGGER.exception("page %s failed", page)
+        st.error(FRIENDLY_ERROR)
     st.sidebar.caption(f"page script ran in {time.perf_counter() - started:.2f} s")
 
 
@@ -83,7 +93,9 @@ def _ingest(settings: Settings) -> data.IngestSummary | None:
     try:
         return data.ingest_once(str(settings.db), tuple(str(r) for r in settings.runs))
     except Exception as err:
-        st.error(f"ingest of {', '.join(map(str, settings.runs))} into {settings.db} failed: {err}")
+        LOGGER.exception("start-up ingest failed")
+        st.error(f"ingest of {', '.join(map(str, settings.runs))} into {settings.db} failed: "
+                 f"{' '.join(str(err).split())}")
         return None
 
 

@@ -82,13 +82,22 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     return Settings(Path(db).expanduser(), tuple(Path(r).expanduser() for r in runs), source)
 
 
+LAUNCHERS: set[Path] = set()  # files `streamlit run` starts that serve the page script (serving.py)
+
+
+def register_launcher(path: str | os.PathLike[str]) -> None:
+    """A launcher (streamlit_app.py, _serve.py) whose `-- ARGS` are the page script's arguments."""
+    LAUNCHERS.add(Path(path).resolve())
+
+
 def script_args(argv: Sequence[str], script: str | os.PathLike[str] | None) -> list[str]:
-    """The script's own arguments: under `streamlit run`, argv[0] is the script; elsewhere (AppTest,
-    pytest) argv belongs to another program and is ignored."""
+    """The script's own arguments: under `streamlit run`, argv[0] is the script or its launcher;
+    elsewhere (AppTest, pytest) argv belongs to another program and is ignored."""
     if script is None or not argv:
         return []
     try:
-        same = Path(argv[0]).resolve() == Path(script).resolve()
+        first = Path(argv[0]).resolve()
+        same = first == Path(script).resolve() or first in LAUNCHERS
     except OSError:
         same = False
     return list(argv[1:]) if same else []

@@ -9,21 +9,25 @@ min/max for losses), so pages stay fast on big runs.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import streamlit as st
 
-from sb_analysis import RunDB, ingest
+from sb_analysis import Limits, QueryResult, RunDB, ingest
 
 MAX_POINTS = 400  # points per curve after downsampling
 ROUTER_LINE_METRICS = ("entropy_mean", "load_cv2", "imp_cv2", "topk_prob_mean", "max_logit",
                        "max_frac", "health_score")
 SCHEDULE_COLUMNS = ("active_experts", "router_temp", "logit_cap")
 SQL_ROW_LIMIT = 10_000
+# Every connection of the app: one visitor's query cannot take all memory or cores, or run forever.
+LIMITS = Limits(memory_limit="2GB", threads=min(4, os.cpu_count() or 1), timeout_s=30.0,
+                max_rows=SQL_ROW_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,13 @@ def db_version(path: str | Path) -> DbVersion:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _fingerprint(path: str, mtime_ns: int, size: int) -> str:
     """Row counts, loaded bytes and the runs' states: what an ingest that loaded something changes."""
-    with RunDB(path) as db:
-        row = db.connection.execute(FINGERPRINT_SQL).fetchone()
+    with RunDB(path, limits=LIMITS) as db:
+        row = db.connection.execute(FINGERPRINT_SQL).fetchall()[0]
     return ":".join(str(v) for v in row or ())
 
 
 def _db(version: DbVersion) -> RunDB:
-    return RunDB(version.path)
+    return RunDB(version.path, limits=LIMITS)
 
 
 @dataclass(frozen=True)
@@ -294,23 +298,13 @@ def domain_specialization(version: DbVersion, run_id: str) -> pl.DataFrame:
 # --- SQL --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SqlResult:
-    frame: pl.DataFrame
-    truncated: bool  # the query has more rows than were fetched
-    seconds: float
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
-def run_sql(version: DbVersion, query: str, limit: int = SQL_ROW_LIMIT) -> SqlResult:
-    """Any read-only query; at most `limit` rows are fetched (a huge result is never materialised)."""
-    t0 = time.perf_counter()
-    with _db(version) as db:
-        relation = db.connection.sql(query)
-        if relation is None:  # a statement without a result (SET, PRAGMA ...)
-            return SqlResult(pl.DataFrame(), False, time.perf_counter() - t0)
-        frame = relation.limit(limit + 1).pl()
-    return SqlResult(frame.head(limit), frame.height > limit, time.perf_counter() - t0)
+def run_sql(version: DbVersion, query: str, limit: int = SQL_ROW_LIMIT) -> QueryResult:
+    """One reading statement through sb-analysis's SQL sandbox (sandbox.py): anything that could write,
+    attach, load or reconfigure is refused (RefusedStatement); at most `limit` rows are fetched and the
+    query is stopped after LIMITS.timeout_s (QueryTimeout)."""
+    with RunDB(version.path, limits=replace(LIMITS, max_rows=limit)) as db:
+        return db.query(query)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

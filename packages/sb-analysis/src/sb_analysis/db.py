@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import duckdb
 from sb_runlog.columns import ROUTER_COLUMNS, SCALARS_COLUMNS
 
 from .derive import create_router_tables
+from .sandbox import DatabaseBusyError, _is_lock_error
 
 DEFAULT_DB = "runs.duckdb"
 # the database table each run-directory table is loaded into
+_LOCK_HOLDER = re.compile(r"held in (\S+) \(PID (\d+)\)")
 DB_TABLES = {"scalars": "steps", "router": "router_layers", "domains": "domain_load"}
 SCHEMA_VERSION = 1
 
@@ -76,41 +79,10 @@ CREATE TABLE IF NOT EXISTS ingest_errors (
 """
 
 
-class DatabaseBusyError(RuntimeError):
-    """The database file stayed locked by another process for longer than the timeout."""
-
-
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(BASE_TABLES)
     create_router_tables(con)
     con.execute("INSERT OR REPLACE INTO sb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-
-
-def _is_lock_error(err: Exception) -> bool:
-    text = str(err).lower()
-    return "lock" in text and ("conflicting" in text or "could not set lock" in text)
-
-
-def connect_read_only(db: str | os.PathLike[str], timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
-    """Open the database for reading; retries while another process holds the file (an in-place writer)."""
-    path = Path(db)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"database {path} does not exist; create it with `sb-analysis ingest RUN_DIR --db {path}`"
-        )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException as err:
-            if not _is_lock_error(err) or time.monotonic() > deadline:
-                if _is_lock_error(err):
-                    raise DatabaseBusyError(
-                        f"{path} is locked by another process (an ingest with --in-place?); try again "
-                        "when it finishes"
-                    ) from err
-                raise
-            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -134,16 +106,19 @@ def writer_lock(db: Path, timeout_s: float = 600.0) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def writable_copy(db: str | os.PathLike[str], in_place: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def writable_copy(
+    db: str | os.PathLike[str], in_place: bool = False, lock_wait_s: float = 30.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection whose changes replace `db` atomically when the block exits cleanly.
 
-    With in_place=True the file itself is opened read-write (faster for big files, but readers wait).
+    With in_place=True the file itself is opened read-write (faster for big files, but readers wait, and
+    it waits up to `lock_wait_s` for readers that hold the file open).
     """
     path = Path(db)
     path.parent.mkdir(parents=True, exist_ok=True)
     with writer_lock(path):
         if in_place:
-            con = duckdb.connect(str(path))
+            con = _connect_in_place(path, lock_wait_s)
             try:
                 create_schema(con)
                 yield con
@@ -170,3 +145,23 @@ def writable_copy(db: str | os.PathLike[str], in_place: bool = False) -> Iterato
                 con.close()
             tmp.unlink(missing_ok=True)
             Path(str(tmp) + ".wal").unlink(missing_ok=True)
+
+
+def _connect_in_place(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+    """The database file itself, read-write; waits while readers (explorer, shell) hold it open."""
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as err:
+            if not _is_lock_error(err):
+                raise
+            if time.monotonic() > deadline:
+                holder = _LOCK_HOLDER.search(str(err))
+                who = f" ({holder.group(1)} pid {holder.group(2)})" if holder else ""
+                raise DatabaseBusyError(
+                    f"{path} is held open by a reader{who} for more than {lock_wait_s:g} s: close that "
+                    "reader (the router explorer or an `sb-analysis shell`), or ingest without --in-place "
+                    "(the default writes a copy and renames it, which readers never block)"
+                ) from err
+            time.sleep(0.2)

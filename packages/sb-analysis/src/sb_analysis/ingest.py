@@ -16,7 +16,7 @@ from .csv_plan import FilePlan, FileResult, RowError, file_states, plan_file
 from .db import DB_TABLES, DEFAULT_DB, writable_copy
 from .derive import derive_layers, refresh_router_steps
 from .loader import ensure_columns, upsert_staged
-from .run_rows import csv_run_row, insert_columns, json_or_none, store_runs, timestamp
+from .run_rows import check_header_fields, csv_run_row, insert_columns, json_or_none, store_runs, timestamp
 from .views import create_views, refresh_config_view, refresh_run_health
 from .wandb_ingest import (
     WANDB_PATH,
@@ -66,7 +66,7 @@ class IngestReport:
 
 
 def ingest_run_dirs(
-    con: duckdb.DuckDBPyConnection, run_dirs: Sequence[Path]
+    con: duckdb.DuckDBPyConnection, run_dirs: Sequence[Path], replace: bool = False
 ) -> tuple[list[RunResult], list[tuple[str, str]]]:
     """Ingest CSV run directories together (their files are read in batches). Returns results, failures."""
     failures: list[tuple[str, str]] = []
@@ -78,6 +78,10 @@ def ingest_run_dirs(
         except (LogFormatError, OSError) as err:
             failures.append((str(run_dir), str(err)))
             continue
+        bad = check_header_fields(header, str(run_dir / RUN_FILE))
+        if bad:
+            failures.append((str(run_dir), bad))
+            continue
         if header["run_id"] in runs:
             failures.append(
                 (str(run_dir), f"run id {header['run_id']!r} also used by {runs[header['run_id']][0]}")
@@ -88,6 +92,7 @@ def ingest_run_dirs(
         con,
         [csv_run_row(d, h, s) for d, h, s in runs.values()],
         {run_id: h.get("config") or {} for run_id, (_, h, _) in runs.items()},
+        replace=replace,
     )
     for run_id, reason in refused:
         failures.append((str(runs.pop(run_id)[0]), reason))
@@ -162,7 +167,9 @@ def _store_frame(
     return result.get(run_id, (0, 0))
 
 
-def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str | None = None) -> RunResult:
+def ingest_wandb_run(
+    con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str | None = None, replace: bool = False
+) -> RunResult:
     run_id = run_id or f"wandb-{run.wandb_id}"
     config = run.config
     n_experts = config.get("num_experts") or config.get("n_experts")
@@ -192,6 +199,7 @@ def ingest_wandb_run(con: duckdb.DuckDBPyConnection, run: WandbRun, run_id: str 
             }
         ],
         {run_id: config},
+        replace=replace,
     )
     if refused:
         raise LogFormatError(refused[0][1])
@@ -250,23 +258,28 @@ def ingest(
     run_id: str | None = None,
     wandb_api: Any = None,
     in_place: bool = False,
+    replace: bool = False,
+    lock_wait_s: float = 30.0,
     progress: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Load run directories / W&B runs into `db` (created if missing); repeatable, only new rows are added.
 
     The database is updated as a whole: the ingest writes a copy that replaces the file only when it
-    succeeded, so readers are never blocked and a failed ingest changes nothing.
+    succeeded, so readers are never blocked and a failed ingest changes nothing. A run id stored earlier
+    from another folder is refused unless `replace` (then the stored run is dropped first); a run whose
+    run.json has a bad field is reported and skipped, the others load. With `in_place` the ingest waits
+    up to `lock_wait_s` for readers that hold the file, then raises DatabaseBusyError saying what to do.
     """
     report = IngestReport(str(db))
     sources = expand_sources([str(t) for t in targets])
     if run_id and len(sources) != 1:
         raise ValueError("--run-id needs exactly one run to ingest")
-    with writable_copy(db, in_place=in_place) as con:
+    with writable_copy(db, in_place=in_place, lock_wait_s=lock_wait_s) as con:
         create_views(con)
         by_path: dict[str, RunResult] = {}
         csv_dirs = [Path(path) for kind, path in sources if kind == "csv"]
         if csv_dirs:
-            results, failures = ingest_run_dirs(con, csv_dirs)
+            results, failures = ingest_run_dirs(con, csv_dirs, replace=replace)
             report.failures.extend(failures)
             by_path.update((r.path, r) for r in results)
         for kind, path in sources:
@@ -276,9 +289,9 @@ def ingest(
                 if kind == "error":
                     raise LogFormatError(path)
                 if kind == "wandb":
-                    result = ingest_wandb_run(con, read_offline_run(Path(path)), run_id)
+                    result = ingest_wandb_run(con, read_offline_run(Path(path)), run_id, replace)
                 else:
-                    result = ingest_wandb_run(con, read_api_run(path, api=wandb_api), run_id)
+                    result = ingest_wandb_run(con, read_api_run(path, api=wandb_api), run_id, replace)
             except (LogFormatError, WandbReadError, OSError, duckdb.Error) as err:
                 report.failures.append((path, str(err)))
                 continue

@@ -83,10 +83,55 @@ RUN_COLUMN_TYPES = {
 }
 
 
+# the tables that hold rows of a run (dropped together by --replace)
+RUN_DATA_TABLES = ("steps", "router_layers", "router_steps", "domain_load", "ingest_files", "ingest_errors",
+                   "run_health", "run_config", "runs")
+_EXPECTED = {"VARCHAR": "a string", "INTEGER": "a whole number", "BIGINT": "a whole number"}
+# run.json fields -> column (the fields csv_run_row reads from the header's top level)
+HEADER_FIELDS = ("preset", "config_hash", "git_sha", "host", "world_size", "device", "num_layers",
+                 "num_experts", "top_k", "tokens_per_step", "total_steps", "format_version")
+
+
+def check_header_fields(header: dict[str, Any], where: str) -> str | None:
+    """The first run.json field whose value the runs table cannot hold, as `FILE: field X is V (expected
+    T)`; None when all fit."""
+    for name in HEADER_FIELDS:
+        value = header.get(name)
+        if value is None:
+            continue
+        typ = RUN_COLUMN_TYPES[name]
+        if typ == "VARCHAR":
+            ok = isinstance(value, str)
+        else:
+            bound = 2**31 if typ == "INTEGER" else 2**63
+            ok = isinstance(value, int) and not isinstance(value, bool) and -bound <= value < bound
+        if not ok:
+            return f"{where}: field {name!r} is {value!r} (expected {_EXPECTED[typ]}); the run was skipped"
+    created = header.get("created_at")
+    if created is not None and timestamp(created) is None:
+        return f"{where}: field 'created_at' is {created!r} (expected an ISO 8601 time); the run was skipped"
+    if header.get("config") is not None and not isinstance(header.get("config"), dict):
+        return f"{where}: field 'config' is {header['config']!r} (expected an object); the run was skipped"
+    return None
+
+
+def drop_run_data(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
+    """Every row of these runs, in every table (for --replace)."""
+    for table in RUN_DATA_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [run_ids])
+
+
 def store_runs(
-    con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]
+    con: duckdb.DuckDBPyConnection,
+    rows: list[dict[str, Any]],
+    configs: dict[str, dict[str, Any]],
+    replace: bool = False,
 ) -> list[tuple[str, str]]:
-    """Replace the runs' metadata and config; returns (run_id, reason) for runs refused (id clash)."""
+    """Replace the runs' metadata and config; returns (run_id, reason) for runs refused.
+
+    A run id already stored from another source, or (CSV runs) from another run folder, is refused: the
+    two would be merged row by row. With `replace` the stored run is dropped first (all its rows).
+    """
     ids = [row["run_id"] for row in rows]
     existing = dict(
         (r[0], (r[1], r[2]))
@@ -96,18 +141,29 @@ def store_runs(
     )
     refused = []
     keep = []
+    dropped = []
     for row in rows:
         old = existing.get(row["run_id"])
+        clash = None
         if old and old[0] != row["source"]:
-            refused.append(
-                (
-                    row["run_id"],
-                    f"run id {row['run_id']!r} is already in the database from a {old[0]} source ({old[1]}); "
-                    "pass --run-id to store this one under another id",
-                )
+            clash = (
+                f"run id {row['run_id']!r} is already in the database from a {old[0]} source ({old[1]}); "
+                "pass --run-id to store this one under another id, or --replace to drop the stored run"
             )
-        else:
-            keep.append(row)
+        elif old and row["source"] == "csv" and old[1] != row["path"]:
+            clash = (
+                f"run id {row['run_id']!r} is already in the database from another folder ({old[1]}); "
+                f"{row['path']} was not loaded, so the two runs are not mixed: pass --replace to drop the "
+                "stored run and load this folder instead"
+            )
+        if clash and not replace:
+            refused.append((row["run_id"], clash))
+            continue
+        if clash:
+            dropped.append(row["run_id"])
+        keep.append(row)
+    if dropped:
+        drop_run_data(con, dropped)
     if not keep:
         return refused
     ids = [row["run_id"] for row in keep]

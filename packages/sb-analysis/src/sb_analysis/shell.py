@@ -1,4 +1,4 @@
-"""`sb-analysis shell`: a small read-only SQL prompt over the database."""
+"""`sb-analysis shell`: a small read-only SQL prompt over the database (statements go through the sandbox)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import polars as pl
 
+from .sandbox import QueryTimeout, RefusedStatement
 from .table import print_frame
 
 if TYPE_CHECKING:
@@ -76,15 +77,17 @@ def run_shell(db: RunDB, limit: int = 50, stdin=None) -> int:
             continue
         buffer.append(line)
         if stripped.endswith(";"):
-            query = "\n".join(buffer)
+            _run(db, "\n".join(buffer), limit)
             buffer = []
-            try:
-                print_frame(db.sql(query), limit)
-            except (duckdb.Error, pl.exceptions.PolarsError) as err:
-                print(f"error: {err}")
     if buffer:
-        try:
-            print_frame(db.sql("\n".join(buffer)), limit)
-        except (duckdb.Error, pl.exceptions.PolarsError) as err:
-            print(f"error: {err}")
+        _run(db, "\n".join(buffer), limit)
     return 0
+
+
+def _run(db: RunDB, text: str, limit: int) -> None:
+    """Each statement of `text` in turn; nothing runs when any of them is refused."""
+    try:
+        for statement in db.statements(text):
+            print_frame(db.sql(statement), limit)
+    except (RefusedStatement, QueryTimeout, duckdb.Error, pl.exceptions.PolarsError) as err:
+        print(f"error: {' '.join(str(err).split())}")

@@ -28,7 +28,7 @@ import polars as pl
 from sb_runlog import EXPERT_FAMILIES
 from sb_runlog.columns import ROUTER_COLUMNS, SCALARS_COLUMNS
 from sb_runlog.header_check import EXPERT_COLUMN
-from sb_runlog.wandb_names import scalar_column, split_layer_key
+from sb_runlog.wandb_names import scalar_column, scalar_key, split_layer_key
 
 WANDB_PATH = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+$")
 
@@ -76,8 +76,65 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def history_to_frames(items: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """W&B history rows (flat dicts with `_step`) -> (steps frame, router frame) in our column names."""
+def column_plan(keys: Iterable[str]) -> tuple[dict[str, str | None], dict[str, str], list[str]]:
+    """Where each W&B key goes: ({scalar key: column or None}, {layer key suffix: router column}, notes).
+
+    Keys that map to the same column (``loss`` and ``train/loss``; ``Foo`` and ``foo``) never overwrite
+    each other: the key that is the column's own W&B name (else the first in sorted order) keeps the
+    column, the others get ``<column>__2``, ``__3`` ..., and each such clash is reported as a note.
+    """
+    scalar: dict[str, str | None] = {}
+    suffixes: dict[str, str] = {}
+    for key in sorted(set(keys)):
+        if key.startswith("router_layer/"):
+            split = split_layer_key(key)
+            if split is not None:
+                suffixes[key.split("/", 2)[2]] = split[1]
+                continue
+        scalar[key] = scalar_column(key)
+    notes: list[str] = []
+    notes += _split_clashes(scalar, lambda column, key: scalar_key(column) == key, "")
+    notes += _split_clashes(suffixes, lambda column, key: key == column, "router_layer/{i}/")  # type: ignore[arg-type]
+    return scalar, suffixes, notes
+
+
+def _split_clashes(mapping: dict[str, str | None], canonical: Any, label: str) -> list[str]:
+    by_column: dict[str, list[str]] = {}
+    for key, column in mapping.items():
+        if column is not None:
+            by_column.setdefault(column, []).append(key)
+    taken = {c for c in by_column}
+    notes = []
+    for column, keys in by_column.items():
+        if len(keys) < 2:
+            continue
+        keys = sorted(keys, key=lambda k: (not canonical(column, k), k))
+        moved = []
+        n = 2
+        for key in keys[1:]:
+            while f"{column}__{n}" in taken:
+                n += 1
+            mapping[key] = f"{column}__{n}"
+            taken.add(mapping[key])
+            moved.append(f"{label}{key!s} -> {mapping[key]}")
+        notes.append(
+            f"W&B keys {', '.join(repr(label + k) for k in keys)} all map to column {column!r}: "
+            f"{label}{keys[0]} keeps it, {'; '.join(moved)} (nothing overwritten)"
+        )
+    return notes
+
+
+def history_to_frames(
+    items: Iterable[Mapping[str, Any]], notes: list[str] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """W&B history rows (flat dicts with `_step`) -> (steps frame, router frame) in our column names.
+
+    Keys that would land in the same column are kept apart (see `column_plan`); the clashes are appended
+    to `notes` when given."""
+    items = list(items)
+    scalar, suffixes, clash_notes = column_plan(key for item in items for key in item)
+    if notes is not None:
+        notes.extend(clash_notes)
     steps: dict[int, dict[str, float | None]] = {}
     layers: dict[tuple[int, int], dict[str, Any]] = {}
     for item in items:
@@ -90,19 +147,22 @@ def history_to_frames(items: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame,
             number = _number(value)
             if number is None:
                 continue
-            layer_value = split_layer_key(key)
-            if layer_value is not None:
-                layer, name = layer_value
-                lrow = layers.setdefault((step, layer), {"step": step, "layer": layer})
-                expert = EXPERT_COLUMN.match(name)
-                if expert:
-                    lrow.setdefault("_" + expert.group(1), {})[int(expert.group(2))] = number
-                else:
-                    lrow[name] = number
+            if key in scalar:
+                column = scalar[key]
+                if column is not None:
+                    row[column] = number
                 continue
-            column = scalar_column(key)
-            if column is not None:
-                row[column] = number
+            layer_value = split_layer_key(key)
+            if layer_value is None:
+                continue
+            layer = layer_value[0]
+            name = suffixes[key.split("/", 2)[2]]
+            lrow = layers.setdefault((step, layer), {"step": step, "layer": layer})
+            expert = EXPERT_COLUMN.match(name)
+            if expert:
+                lrow.setdefault("_" + expert.group(1), {})[int(expert.group(2))] = number
+            else:
+                lrow[name] = number
     steps_df = _typed_frame(list(steps.values()), SCALARS_COLUMNS)
     router_rows = []
     for lrow in layers.values():
@@ -247,9 +307,10 @@ def read_offline_run(wandb_file: Path) -> WandbRun:
             exit_code = int(body.get("exit_code", 0))
     if not meta:
         raise WandbReadError(f"{wandb_file}: no run record; is this a W&B transaction log?")
-    steps, router = history_to_frames(history)
+    clashes: list[str] = []
+    steps, router = history_to_frames(history, clashes)
     state = "running" if exit_code is None else ("finished" if exit_code == 0 else "failed")
-    warnings = [line for line in stderr.splitlines() if line.strip()]
+    warnings = clashes + [line for line in stderr.splitlines() if line.strip()]
     return WandbRun(
         wandb_id=str(meta.get("run_id")),
         project=meta.get("project"),
@@ -290,7 +351,8 @@ def read_api_run(path: str, api: Any = None, page_size: int = 1000) -> WandbRun:
     except Exception as err:
         raise WandbReadError(f"W&B API could not open {path}: {err}") from err
     history: Iterator[Mapping[str, Any]] = iter(run.scan_history(page_size=page_size))
-    steps, router = history_to_frames(history)
+    clashes: list[str] = []
+    steps, router = history_to_frames(history, clashes)
     config = {k: v for k, v in dict(run.config).items() if k != "_wandb"}
     return WandbRun(
         wandb_id=str(run.id),
@@ -305,4 +367,5 @@ def read_api_run(path: str, api: Any = None, page_size: int = 1000) -> WandbRun:
         steps=steps,
         router=router,
         summary=dict(getattr(run, "summary", {}) or {}),
+        warnings=clashes,
     )
