@@ -6,9 +6,9 @@ by the dtype, so the default is the dtype whose products the device runs fastest
 - CUDA: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp32 on older ones.
 - CPU: bf16 only when the CPU runs bf16 products faster than fp32 ones. x86 CPUs with AMX
   (``amx_bf16`` in /proc/cpuinfo) do (about 10x); x86 CPUs with no bf16 instructions at all do not
-  (bf16 is emulated, ~30x slower). For everything else, including AVX512-BF16 without AMX (measured
-  0.5-0.6x of fp32 speed on a Xeon with it) and non-x86 CPUs, a short timing probe of a batched bf16
-  product against the same fp32 product decides.
+  (bf16 is emulated, ~30x slower). For everything else, including AVX512-BF16 without AMX (measured:
+  bf16 at 0.55-0.65x of fp32 speed on a Xeon with it) and non-x86 CPUs, a short timing probe of a
+  batched bf16 product against the same fp32 product decides (bf16 if it is faster).
 
 The decision is made once per process and device type and cached. ``SB_MUON_COMPUTE_DTYPE``
 (``bfloat16``/``bf16``, ``float32``/``fp32``, ``float16``/``fp16`` or ``auto``) overrides it for every
@@ -71,19 +71,26 @@ def read_cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
 def measure_bf16_speedup(n: int = 512, reps: int = 3) -> float:
     """fp32 time / bf16 time of one batched product of the kind Newton–Schulz runs (n x n, CPU).
 
-    Uses the process's current thread count; warm-up calls first, then `reps` interleaved
-    timings of each, keeping the fastest (robust to other processes sharing the cores).
+    Measured on one thread (the per-core speed is what the hardware decides; with all threads, other
+    processes on the same cores made the ratio swing between 0.75 and 2.4 on a loaded 2-core machine,
+    against 0.55-0.65 on one thread), after a warm-up call, keeping the fastest of `reps` interleaved
+    timings of each. About 25 ms on a current x86 core.
     """
     gen = torch.Generator().manual_seed(0)
     x32 = torch.randn(1, n, n, generator=gen) / n ** 0.5
     x16 = x32.to(torch.bfloat16)
     best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
-    for rep in range(reps + 1):
-        for x in (x32, x16):
-            t0 = time.perf_counter()
-            torch.baddbmm(x, x, x.mT, beta=0.5, alpha=1.5)
-            if rep:  # rep 0 is the warm-up
-                best[x.dtype] = min(best[x.dtype], time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rep in range(reps + 1):
+            for x in (x32, x16):
+                t0 = time.perf_counter()
+                torch.baddbmm(x, x, x.mT, beta=0.5, alpha=1.5)
+                if rep:  # rep 0 is the warm-up
+                    best[x.dtype] = min(best[x.dtype], time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.float32] / best[torch.bfloat16]
 
 

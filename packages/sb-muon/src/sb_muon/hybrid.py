@@ -71,8 +71,9 @@ class MuonAdamW(Muon):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         attrs = state.get("sb_muon_attrs", {})
-        self._adamw_defaults = attrs.get("_adamw_defaults", dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
-                                                                 weight_decay=0.0))
+        if "_adamw_defaults" in attrs or not hasattr(self, "_adamw_defaults"):
+            self._adamw_defaults = attrs.get("_adamw_defaults", dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+                                                                     weight_decay=0.0))
         super().__setstate__(state)
 
     def _validate_other_group(self, group: dict[str, Any]) -> None:

@@ -195,11 +195,19 @@ class Muon(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled or deep-copied optimizer (torch's load_state_dict also calls this, with
+        only state and param_groups): attributes missing from the pickle and group keys missing from
+        older or foreign groups get their defaults; the process group is the world until set again."""
         attrs = state.pop("sb_muon_attrs", {})
+        had_differentiable = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
         super().__setstate__(state)
-        fresh = {"nonfinite": "raise", "distributed": True, "check_names": True, "skipped_steps": 0}
-        self.__dict__.update({**fresh, **attrs})
-        self.process_group = None
+        if not had_differentiable:  # torch's __setstate__ adds it; Muon has no differentiable mode
+            self.defaults.pop("differentiable", None)
+        self.__dict__.update(attrs)
+        fresh = {"nonfinite": "raise", "distributed": True, "check_names": True, "skipped_steps": 0,
+                 "process_group": None}
+        for key, value in fresh.items():
+            self.__dict__.setdefault(key, value)
         for key, value in MUON_DEFAULTS.items():  # pickles of older versions lack newer options
             self.defaults.setdefault(key, value)
         for group in self.param_groups:
