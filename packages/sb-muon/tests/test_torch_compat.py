@@ -10,7 +10,7 @@ from torch import nn
 
 from sb_muon import QUINTIC, Muon, MuonAdamW, orthogonalize
 
-needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon: torch >= 2.9")
+needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="needs torch >= 2.9")
 
 # torch.optim.Muon's own test inputs (optim_inputs_func_muon in torch/testing/_internal/
 # common_optimizers.py, restated: that module needs torch's test dependencies), plus the other
@@ -58,7 +58,8 @@ def test_torch_inputs_step_like_torch(kwargs):
     for p, q, p0 in zip(ours, theirs, start, strict=True):
         moved = (q.detach() - p0).norm()
         assert moved > 0
-        assert (p.detach() - q.detach()).norm() < 3e-2 * moved, float((p.detach() - q.detach()).norm() / moved)
+        gap = (p.detach() - q.detach()).norm()
+        assert gap < 3e-2 * moved, float(gap / moved)
 
 
 def _sample():
@@ -71,7 +72,8 @@ ERROR_INPUTS = [
     (lambda p, q: p, {}, TypeError,
      "params argument given to the optimizer should be an iterable of Tensors or dicts"),
     (lambda p, q: [p, p], {}, UserWarning, "a parameter group with duplicate parameters"),
-    (lambda p, q: {p, q}, {}, FutureWarning, "optimizer parameters need to be organized in ordered collections"),
+    (lambda p, q: {p, q}, {}, FutureWarning,
+     "optimizer parameters need to be organized in ordered collections"),
     (lambda p, q: [{"params": p}, {"params": p}], {}, ValueError,
      "some parameters appear in more than one parameter group"),
     (lambda p, q: [p], {"lr": torch.tensor([0.001, 0.001])}, ValueError, "Tensor lr must be 1-element"),
@@ -106,7 +108,7 @@ def test_deliberate_differences_from_torch_errors():
     opt.step()
     flat = cube.detach()
     assert torch.isfinite(flat).all()
-    complex_param = torch.rand(2, 3, dtype=torch.complex64)  # torch: RuntimeError at step(); we refuse at once
+    complex_param = torch.rand(2, 3, dtype=torch.complex64)  # torch: RuntimeError at step(); we: at once
     with pytest.raises(ValueError, match="Muon does not support complex parameters"):
         Muon([complex_param])
     with pytest.raises(ValueError, match="momentum"):  # torch accepts momentum >= 1
@@ -116,7 +118,7 @@ def test_deliberate_differences_from_torch_errors():
 def test_positional_arguments_are_torchs():
     p = nn.Parameter(torch.randn(4, 4))
     group = Muon([p], 0.01, 0.1, 0.9, False, None, 1e-6, 3, "match_rms_adamw").param_groups[0]
-    assert (group["lr"], group["weight_decay"], group["momentum"], group["nesterov"]) == (0.01, 0.1, 0.9, False)
+    assert [group[k] for k in ("lr", "weight_decay", "momentum", "nesterov")] == [0.01, 0.1, 0.9, False]
     assert (group["eps"], group["ns_steps"], group["lr_scale"]) == (1e-6, 3, "match_rms_adamw")
     with pytest.raises(ValueError, match="either adjust_lr_fn"):
         Muon([p], adjust_lr_fn="original", lr_scale="none")
@@ -141,7 +143,8 @@ def test_adjust_lr_fn_scales_the_step(adjust, tall, wide):
 
 def test_ns_coefficients_is_a_custom_schedule():
     g = torch.randn(12, 20)
-    for coefficients, method in ((QUINTIC, "quintic"), ([QUINTIC, (3.4, -4.7, 2.0)], [QUINTIC, (3.4, -4.7, 2.0)])):
+    schedule = [QUINTIC, (3.4, -4.7, 2.0)]
+    for coefficients, method in ((QUINTIC, "quintic"), (schedule, schedule)):
         p, q = nn.Parameter(torch.zeros(12, 20)), nn.Parameter(torch.zeros(12, 20))
         p.grad, q.grad = g.clone(), g.clone()
         Muon([p], momentum=0.0, ns_coefficients=coefficients).step()
