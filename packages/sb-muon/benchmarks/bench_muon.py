@@ -14,9 +14,10 @@ Prints markdown tables (machine, date and versions first) with ratios measured i
 3. distributed: 2 ranks vs 1 rank (gloo, CPU, one thread per rank in both), 16 x 896x896: wall
    time, and CPU time of the busiest rank (robust when other processes share the cores).
 
-On CPUs without fast bf16 GEMMs torch.optim.Muon (always bf16) is very slow; it is timed once
-per shape on the shapes up to --torch-max-numel and extrapolated by FLOPs above that (marked "~").
-Timings are medians of interleaved repetitions.
+torch.optim.Muon takes 2-D parameters only, so a 3-D stack is given to it as separate matrices in
+one optimizer. On CPUs where bf16 is emulated torch.optim.Muon (always bf16) is very slow; shapes
+above --torch-max-numel are then extrapolated by FLOPs from the last timed one (marked "~").
+Timings are medians of interleaved repetitions (ours, eigh, torch, SVD in turn).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sb_muon import Muon, polar_factor
+from sb_muon.hardware import compute_choice, read_cpu_flags
 
 SHAPES = {
     "attn 896x896": (896, 896),
@@ -54,9 +56,14 @@ def machine_line() -> str:
         pass
     cpu_backend = torch.backends.cpu
     cap = cpu_backend.get_cpu_capability() if hasattr(cpu_backend, "get_cpu_capability") else "?"
+    flags = read_cpu_flags()
+    bf16 = "?" if flags is None else (" ".join(sorted(f for f in flags if "bf16" in f)) or "none")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     return (f"{dt.date.today().isoformat()} · CPU {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} "
-            f"threads, {cap}) · GPU {gpu} · torch {torch.__version__} · Python {platform.python_version()}")
+            f"threads, {cap}, bf16 flags: {bf16}) · GPU {gpu} · default compute dtype {compute_choice(dev)} "
+            f"· torch {torch.__version__} · Python {platform.python_version()} · load average "
+            f"{os.getloadavg()[0]:.1f}")
 
 
 def ns_flops(shape: tuple[int, ...], steps: int = 5) -> float:
@@ -82,13 +89,25 @@ def rel_err(O: torch.Tensor, P: torch.Tensor) -> float:
     return float((O.double() - P.double()).norm() / P.double().norm())
 
 
-def step_direction(make_opt, G: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
-    """Run one step from W=0 with momentum 0 and lr 1: the parameter change is -scale * O."""
-    p = torch.nn.Parameter(torch.zeros_like(G))
-    opt = make_opt([p])
-    p.grad = G
+def step_direction(make_opt, G: torch.Tensor, scale: float, split: bool = False,
+                   ) -> tuple[torch.Tensor, float]:
+    """Run one step from W=0 with momentum 0 and lr 1: the parameter change is -scale * O.
+
+    split: give a stack (..., r, c) to the optimizer as separate r x c matrices (torch.optim.Muon).
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    G = G.to(device)
+    if split and G.ndim > 2:
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in G.reshape(-1, *G.shape[-2:])]
+        for p, g in zip(params, G.reshape(-1, *G.shape[-2:]), strict=True):
+            p.grad = g.clone()
+    else:
+        params = [torch.nn.Parameter(torch.zeros_like(G))]
+        params[0].grad = G
+    opt = make_opt(params)
     seconds = timed(opt.step)
-    return (-p.detach() / scale), seconds
+    moved = torch.stack([p.detach() for p in params]).reshape(G.shape) if split else params[0].detach()
+    return (-moved / scale).cpu(), seconds
 
 
 def ours_opt(params):
@@ -107,30 +126,32 @@ def bench_shapes(reps: int, torch_max_numel: int) -> tuple[list[str], float | No
     rows = ["| shape | ours step (s) | ours eigh step (s) | torch.optim.Muon step (s) | SVD polar (s) | "
             "ours / torch | eigh / torch | ours error | eigh error | torch error |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    torch_rate = None  # seconds per NS FLOP measured on a small shape, for extrapolation
-    torch_err = None
+    torch_rate = None  # seconds per NS FLOP of the last timed torch shape, for extrapolation
+    has_torch = hasattr(torch.optim, "Muon")
     for label, shape in SHAPES.items():
         G = torch.randn(*shape)
         P = polar_factor(G)
-        ours_t, eigh_t, svd_t = [], [], []
-        O = O_e = None
+        run_torch = has_torch and G.numel() <= torch_max_numel
+        scale = max(1.0, shape[-2] / shape[-1]) ** 0.5
+        ours_t, eigh_t, torch_t, svd_t = [], [], [], []
+        O = O_e = O_t = None
         for _ in range(reps):  # interleaved
             O, t = step_direction(ours_opt, G, 1.0)
             ours_t.append(t)
             O_e, t = step_direction(eigh_opt, G, 1.0)
             eigh_t.append(t)
+            if run_torch:
+                O_t, t = step_direction(torch_opt, G, scale, split=True)
+                torch_t.append(t)
             svd_t.append(timed(lambda G=G: polar_factor(G, torch.float32)))
         ours_s, eigh_s, svd_s = (statistics.median(x) for x in (ours_t, eigh_t, svd_t))
-        if len(shape) == 2 and G.numel() <= torch_max_numel and hasattr(torch.optim, "Muon"):
-            O_t, t = step_direction(torch_opt, G, max(1.0, shape[0] / shape[1]) ** 0.5)
-            torch_s, torch_err_here = t, rel_err(O_t, P)
-            torch_rate = t / ns_flops(shape)
-            torch_err = torch_err_here
-            torch_cell, terr_cell = f"{torch_s:.3f}", f"{torch_err_here:.3f}"
+        if run_torch:
+            torch_s = statistics.median(torch_t)
+            torch_rate = torch_s / ns_flops(shape)
+            torch_cell, terr_cell = f"{torch_s:.3f}", f"{rel_err(O_t, P):.3f}"
         elif torch_rate is not None:
             torch_s = torch_rate * ns_flops(shape)
-            torch_cell = f"~{torch_s:.2f}"
-            terr_cell = f"~{torch_err:.3f}" if torch_err is not None else "n/a"
+            torch_cell, terr_cell = f"~{torch_s:.2f}", "n/a"
         else:
             torch_s, torch_cell, terr_cell = float("nan"), "n/a", "n/a"
         rows.append(f"| {label} | {ours_s:.3f} | {eigh_s:.3f} | {torch_cell} | {svd_s:.3f} | "
@@ -155,19 +176,23 @@ def bench_layer(reps: int, run_torch: bool, torch_rate: float | None) -> list[st
     for p in flat:
         p.grad = torch.randn_like(p) * 1e-3
     n_mats = len(flat)
-    ours_t = [timed(ours.step) for _ in range(reps)]
     rows = ["| parameter set | matrices | ours step (s) | torch.optim.Muon step (s) | ours / torch |",
             "|---|---|---|---|---|"]
-    if run_torch and hasattr(torch.optim, "Muon"):
-        theirs = torch.optim.Muon(flat, lr=0.02)
-        torch_s = timed(theirs.step)
-        cell, ratio = f"{torch_s:.2f}", f"{statistics.median(ours_t) / torch_s:.3f}"
+    theirs = torch.optim.Muon(flat, lr=0.02) if run_torch and hasattr(torch.optim, "Muon") else None
+    ours_t, torch_t = [], []
+    for _ in range(reps):  # interleaved
+        ours_t.append(timed(ours.step))
+        if theirs is not None:
+            torch_t.append(timed(theirs.step))
+    ours_s = statistics.median(ours_t)
+    if theirs is not None:
+        torch_s = statistics.median(torch_t)
+        cell, ratio = f"{torch_s:.3f}", f"{ours_s / torch_s:.3f}"
     elif torch_rate is not None:
         torch_s = sum(torch_rate * ns_flops(tuple(p.shape)) for p in flat)
-        cell, ratio = f"~{torch_s:.1f}", f"~{statistics.median(ours_t) / torch_s:.3f}"
+        cell, ratio = f"~{torch_s:.1f}", f"~{ours_s / torch_s:.3f}"
     else:
         cell, ratio = "not run", "n/a"
-    ours_s = statistics.median(ours_t)
     label = "record layer (4x896², 16 experts, 4096x1024)"
     rows.append(f"| {label} | {n_mats} | {ours_s:.3f} | {cell} | {ratio} |")
     return rows
@@ -219,10 +244,10 @@ def bench_distributed(steps: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer distributed steps")
-    ap.add_argument("--torch-layer", action="store_true",
-                    help="time torch.optim.Muon on the whole layer (minutes on CPU) instead of extrapolating")
+    ap.add_argument("--no-torch-layer", action="store_true",
+                    help="extrapolate torch.optim.Muon on the layer instead of timing it (slow bf16 CPUs)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--torch-max-numel", type=int, default=1024 * 896,
+    ap.add_argument("--torch-max-numel", type=int, default=1 << 40,
                     help="time torch.optim.Muon directly up to this matrix size, extrapolate above")
     ap.add_argument("--skip-distributed", action="store_true")
     ap.add_argument("--out", help="also write the tables to this markdown file")
@@ -234,7 +259,7 @@ def main() -> None:
     shape_rows, torch_rate = bench_shapes(reps, args.torch_max_numel)
     lines += shape_rows
     lines += ["", "One record layer's matrices in one optimizer:", ""]
-    lines += bench_layer(reps, run_torch=args.torch_layer, torch_rate=torch_rate)
+    lines += bench_layer(reps, run_torch=not args.no_torch_layer, torch_rate=torch_rate)
     if not args.skip_distributed:
         lines += ["", "Distributed orthogonalization (gloo):", ""]
         lines += bench_distributed(steps=2 if args.quick else 3)

@@ -4,11 +4,12 @@
 """
 
 from .coefficients import POLAR_EXPRESS, QUINTIC, TUNED5
+from .hardware import compute_choice
 from .hybrid import MuonAdamW
 from .momentum import MomentumWarmup, momentum_warmup
 from .muon import Muon
 from .orthogonalize import DEFAULT_METHOD, METHODS, default_compute_dtype, orthogonalize, polar_factor
-from .params import split_muon_params
+from .params import output_layer, split_muon_params
 from .scaling import LR_SCALES, lr_scale_factor
 
 __all__ = [
@@ -21,10 +22,12 @@ __all__ = [
     "MomentumWarmup",
     "Muon",
     "MuonAdamW",
+    "compute_choice",
     "default_compute_dtype",
     "lr_scale_factor",
     "momentum_warmup",
     "orthogonalize",
+    "output_layer",
     "polar_factor",
     "split_muon_params",
 ]

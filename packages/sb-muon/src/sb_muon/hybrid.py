@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
+from .coefficients import Triple
 from .muon import _LOW_PRECISION, Muon
+from .options import check_adamw_options
 
 
 class MuonAdamW(Muon):
@@ -33,13 +35,16 @@ class MuonAdamW(Muon):
     def __init__(
         self,
         params: Iterable,
-        lr: float = 0.02,
+        lr: float | torch.Tensor = 0.02,
+        weight_decay: float = 0.0,
         momentum: float = 0.95,
         nesterov: bool = True,
-        weight_decay: float = 0.0,
+        ns_coefficients: Triple | Sequence[Triple] | None = None,
+        eps: float = 1e-7,
         ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
         *,
-        adamw_lr: float = 3e-4,
+        adamw_lr: float | torch.Tensor = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
         adamw_weight_decay: float = 0.0,
@@ -47,8 +52,8 @@ class MuonAdamW(Muon):
     ) -> None:
         self._adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
                                     weight_decay=adamw_weight_decay)
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                         ns_steps=ns_steps, **muon_kwargs)
+        super().__init__(params, lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+                         adjust_lr_fn, **muon_kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "use_muon" not in param_group:
@@ -58,16 +63,21 @@ class MuonAdamW(Muon):
             param_group = {**self._adamw_defaults, **param_group}
         super().add_param_group(param_group)
 
+    def _complete_group(self, group: dict[str, Any]) -> None:
+        if not group.get("use_muon", True):
+            for key, value in self._adamw_defaults.items():
+                group.setdefault(key, value)
+        super()._complete_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        attrs = state.get("sb_muon_attrs", {})
+        if "_adamw_defaults" in attrs or not hasattr(self, "_adamw_defaults"):
+            self._adamw_defaults = attrs.get("_adamw_defaults", dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+                                                                     weight_decay=0.0))
+        super().__setstate__(state)
+
     def _validate_other_group(self, group: dict[str, Any]) -> None:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"AdamW lr must be a finite number >= 0, got {lr}")
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"AdamW betas must be in [0, 1), got {(b1, b2)}")
-        if not eps >= 0:
-            raise ValueError(f"AdamW eps must be >= 0, got {eps}")
-        if not (math.isfinite(wd) and wd >= 0):
-            raise ValueError(f"AdamW weight_decay must be a finite number >= 0, got {wd}")
+        check_adamw_options(group)
 
     def _other_step(self, groups: list[dict[str, Any]]) -> None:
         for group in groups:

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from .coefficients import Triple
 from .distributed import assign_owners, share_results, world_and_rank
+from .hardware import compute_choice
 from .idle import active_slices, validate_skip_idle
-from .orthogonalize import Method, orthogonalize, resolve_method
+from .options import check_lr, check_muon_options, translate_torch_names
+from .orthogonalize import DEFAULT_METHOD, Method, orthogonalize
 from .params import describe, looks_like_embedding_or_head, normalize_params
 from .power_iter import power_iter_generator, validate_power_iter
-from .scaling import LrScale, lr_scale_factor, validate_lr_scale
+from .scaling import LrScale, lr_scale_factor
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 STATE_VERSION = 1
+#: The per-group defaults of the constructor (filled into groups of older pickles and foreign state dicts).
+MUON_DEFAULTS: dict[str, Any] = dict(
+    lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, eps=1e-7, ns_steps=5, method=DEFAULT_METHOD,
+    lr_scale="original", stacked=False, compute_dtype=None, master_weights=False, use_triton=False,
+    skip_idle_slices=False, power_iter_start="constant", power_iter_seed=0)
 
 
 def _matrix_dims(p: torch.Tensor, stacked: bool) -> tuple[int, int]:
@@ -45,22 +53,34 @@ class Muon(torch.optim.Optimizer):
         O  = orthogonalize(D)                     ≈ polar factor U Vᵀ of D
         W <- W (1 - lr · wd · wd_mul) - lr · s(rows, cols) · O
 
+    The positional arguments, their names and their meanings are torch.optim.Muon's (lr,
+    weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn), so it is a
+    one-line swap; the defaults of lr, weight_decay and ns_coefficients differ (see the README,
+    "Migrating from torch.optim.Muon").
+
     Args:
         params: tensors, (name, tensor) pairs (pass `model.named_parameters()` for error messages
             that name parameters) or param-group dicts. Every parameter must have >= 2 dims.
-        lr: learning rate (before the shape factor s).
-        momentum: μ in [0, 1).
-        nesterov: use the Nesterov look-ahead direction.
+        lr: learning rate (before the shape factor s): a number or a 1-element tensor.
         weight_decay: decoupled weight decay, multiplied by lr and by the parameter's optional
             ``wd_mul`` attribute.
+        momentum: μ in [0, 1).
+        nesterov: use the Nesterov look-ahead direction.
+        ns_coefficients: torch.optim.Muon's name for a custom schedule: one (a, b, c) triple used at
+            every step, or a list of triples, one per step. Default None: ``method``.
+        eps: added to the Frobenius norm in the normalization.
         ns_steps: Newton–Schulz iterations.
-        method: orthogonalization method (see :func:`sb_muon.orthogonalize`).
-        lr_scale: shape factor s: "original" (sqrt(max(1, rows/cols))), "match_rms_adamw"
-            (0.2·sqrt(max(rows, cols))), "spectral", "none", a float, or callable(rows, cols).
+        adjust_lr_fn: torch.optim.Muon's name for the shape factor: None or "original",
+            "match_rms_adamw", "spectral_unclamped" (same meanings). Or use ``lr_scale``.
+        method: orthogonalization method (see :func:`sb_muon.orthogonalize`); default "tuned5".
+        lr_scale: shape factor s: "original" (sqrt(max(1, rows/cols)), the default),
+            "match_rms_adamw" (0.2·sqrt(max(rows, cols))), "spectral" (= "spectral_unclamped"),
+            "none", a float, or callable(rows, cols).
         stacked: treat the leading dims of >2-D parameters as a stack of independent matrices (MoE
             experts, fused QKV) instead of flattening them like conv kernels.
-        compute_dtype: dtype of the Newton–Schulz products (default: bf16 on CUDA, fp32 elsewhere).
-        eps: added to the Frobenius norm in the normalization.
+        compute_dtype: dtype of the Newton–Schulz products; default None: what the device computes
+            fastest (bf16 on CUDA and on CPUs with native bf16 matrix units, else fp32; decided once
+            per process, overridable with SB_MUON_COMPUTE_DTYPE; see :mod:`sb_muon.hardware`).
         master_weights: for bf16/fp16 parameters, keep an fp32 copy in the state and update that,
             so that steps smaller than the parameter's precision are not lost.
         use_triton: use the Triton Gram-matrix kernel for the symmetric products (CUDA).
@@ -71,7 +91,8 @@ class Muon(torch.optim.Optimizer):
         distributed: when torch.distributed is initialised (and this is True), each rank
             orthogonalizes only its share of the parameters and the results are broadcast.
             Gradients must already be identical on all ranks (all-reduced).
-        process_group: the group to split the work over (default: the world).
+        process_group: the group to split the work over (default: the world). Not pickled: a
+            copied or unpickled optimizer uses the world until it is set again.
         check_names: refuse parameters whose names look like embeddings or heads.
         skip_idle_slices: a matrix (one slice of a stacked parameter, or the whole of a 2-D or
             flattened one) whose gradient is exactly zero everywhere is idle this step: no update, no
@@ -85,25 +106,30 @@ class Muon(torch.optim.Optimizer):
             which rank computes it.
         power_iter_seed: the base seed of the random start.
 
-    The per-group options are lr, momentum, nesterov, weight_decay, ns_steps, method, lr_scale,
-    stacked, compute_dtype, eps, master_weights, use_triton, skip_idle_slices, power_iter_start and
-    power_iter_seed.
+    The per-group options are lr, weight_decay, momentum, nesterov, eps, ns_steps, method (or
+    ns_coefficients), lr_scale (or adjust_lr_fn), stacked, compute_dtype, master_weights, use_triton,
+    skip_idle_slices, power_iter_start and power_iter_seed.
     """
+
+    #: Attributes that are not pickled or deep-copied (rebuilt by __setstate__).
+    _TRANSIENT = ("process_group",)
 
     def __init__(
         self,
         params: Iterable,
-        lr: float = 0.02,
+        lr: float | torch.Tensor = 0.02,
+        weight_decay: float = 0.0,
         momentum: float = 0.95,
         nesterov: bool = True,
-        weight_decay: float = 0.0,
+        ns_coefficients: Triple | Sequence[Triple] | None = None,
+        eps: float = 1e-7,
         ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
         *,
-        method: Method = "tuned5",
-        lr_scale: LrScale = "original",
+        method: Method | None = None,
+        lr_scale: LrScale | None = None,
         stacked: bool = False,
         compute_dtype: torch.dtype | None = None,
-        eps: float = 1e-7,
         master_weights: bool = False,
         use_triton: bool = False,
         nonfinite: str = "raise",
@@ -116,24 +142,31 @@ class Muon(torch.optim.Optimizer):
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        ns_steps=ns_steps, method=method, lr_scale=lr_scale, stacked=stacked,
-                        compute_dtype=compute_dtype, eps=eps, master_weights=master_weights,
-                        use_triton=use_triton)
-        defaults.update(skip_idle_slices=skip_idle_slices, power_iter_start=power_iter_start,
-                        power_iter_seed=power_iter_seed)
+        params = normalize_params(params)  # first: torch's TypeError for a bare tensor
+        group = dict(lr=check_lr(lr, "Muon"), weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                     ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
+                     method=method, lr_scale=lr_scale, stacked=stacked, compute_dtype=compute_dtype,
+                     master_weights=master_weights, use_triton=use_triton)
+        group.update(skip_idle_slices=skip_idle_slices, power_iter_start=power_iter_start,
+                     power_iter_seed=power_iter_seed)
+        translate_torch_names(group)
+        group["method"] = group["method"] if group["method"] is not None else DEFAULT_METHOD
+        group["lr_scale"] = group["lr_scale"] if group["lr_scale"] is not None else "original"
         self.nonfinite = nonfinite
         self.distributed = distributed
         self.process_group = process_group
         self.check_names = check_names
         self.skipped_steps = 0
-        super().__init__(normalize_params(params), defaults)
+        super().__init__(params, group)
 
     # ----------------------------------------------------------------- validation
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = normalize_params([param_group])[0]
+        translate_torch_names(group)
         super().add_param_group(group)
-        group = self.param_groups[-1]
+        self._check_group(self.param_groups[-1])
+
+    def _check_group(self, group: dict[str, Any]) -> None:
         if group.get("use_muon", True):
             self._validate_muon_group(group)
         else:
@@ -144,17 +177,7 @@ class Muon(torch.optim.Optimizer):
                          "(embeddings, heads, biases, norms) use sb_muon.MuonAdamW")
 
     def _validate_muon_group(self, group: dict[str, Any]) -> None:
-        lr, mom, wd, steps = group["lr"], group["momentum"], group["weight_decay"], group["ns_steps"]
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"Muon lr must be a finite number >= 0, got {lr}")
-        if not (isinstance(mom, (int, float)) and 0.0 <= mom < 1.0):
-            raise ValueError(f"Muon momentum must be in [0, 1), got {mom}")
-        if not (isinstance(wd, (int, float)) and math.isfinite(wd) and wd >= 0):
-            raise ValueError(f"Muon weight_decay must be a finite number >= 0, got {wd}")
-        if not (isinstance(steps, int) and 0 <= steps < 100):
-            raise ValueError(f"Muon ns_steps must be an integer in [0, 100), got {steps}")
-        group["method"] = resolve_method(group["method"])
-        validate_lr_scale(group["lr_scale"])
+        check_muon_options(group)
         names = group.get("param_names") or [None] * len(group["params"])
         too_flat = [describe(n, i, p) for i, (n, p) in enumerate(zip(names, group["params"], strict=True))
                     if p.ndim < 2]
@@ -171,20 +194,58 @@ class Muon(torch.optim.Optimizer):
                     "these parameters look like embeddings or output heads, which Muon should not "
                     "update: " + ", ".join(flagged) + ". Put them in a use_muon=False group of "
                     "sb_muon.MuonAdamW (sb_muon.split_muon_params does this), or pass check_names=False.")
-        if any(p.is_complex() or p.is_sparse for p in group["params"]):
-            raise ValueError("Muon does not support complex or sparse parameters")
+        if any(p.is_complex() for p in group["params"]):
+            raise ValueError("Muon does not support complex parameters")
+        if any(p.is_sparse for p in group["params"]):
+            raise ValueError("Muon does not support sparse parameters")
         validate_skip_idle(group)
         validate_power_iter(group)
 
+    def _complete_group(self, group: dict[str, Any]) -> None:
+        """Translate torch's names and fill in missing keys of a loaded or unpickled group, then check it."""
+        translate_torch_names(group)
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._check_group(group)
+
     # ----------------------------------------------------------------- state
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["sb_muon_attrs"] = {k: v for k, v in vars(self).items() if k not in state
+                                  and k not in self._TRANSIENT and not k.startswith("_optimizer_")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled or deep-copied optimizer (torch's load_state_dict also calls this, with
+        only state and param_groups): attributes missing from the pickle and group keys missing from
+        older or foreign groups get their defaults; the process group is the world until set again."""
+        attrs = state.pop("sb_muon_attrs", {})
+        had_differentiable = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
+        super().__setstate__(state)
+        if not had_differentiable:  # torch's __setstate__ adds it; Muon has no differentiable mode
+            self.defaults.pop("differentiable", None)
+        self.__dict__.update(attrs)
+        fresh = {"nonfinite": "raise", "distributed": True, "check_names": True, "skipped_steps": 0,
+                 "process_group": None}
+        for key, value in fresh.items():
+            self.__dict__.setdefault(key, value)
+        for key, value in MUON_DEFAULTS.items():  # pickles of older versions lack newer options
+            self.defaults.setdefault(key, value)
+        for group in self.param_groups:
+            self._complete_group(group)
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["sb_muon"] = {"version": STATE_VERSION, "skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch casts floating-point state to the parameter's dtype on load; our state is fp32 on
-        # purpose (momentum and master weights of bf16 params), so restore the saved dtypes after.
+        """Load a state dict of this class, or of torch.optim.Muon (its momentum has the same EMA form).
+
+        torch casts floating-point state to the parameter's dtype on load; our state is fp32 on
+        purpose (momentum and master weights of bf16 params), so the saved dtypes are restored after.
+        Group keys missing from the saved groups take this optimizer's defaults.
+        """
         saved_state = state_dict["state"]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         super().load_state_dict(state_dict)
@@ -193,8 +254,24 @@ class Muon(torch.optim.Optimizer):
             for key, value in saved_state.get(saved_id, {}).items():
                 if isinstance(value, torch.Tensor) and value.is_floating_point() and key != "step":
                     self.state[p][key] = value.to(device=p.device, copy=True)
+        for group in self.param_groups:
+            self._complete_group(group)
         extra = state_dict.get("sb_muon", {})
         self.skipped_steps = int(extra.get("skipped_steps", 0))
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(group):
+                if key in ("params", "param_names"):
+                    continue
+                value = group[key]
+                if key == "compute_dtype" and value is None and group.get("use_muon", True):
+                    devices = sorted({str(p.device) for p in group["params"]})
+                    value = "auto: " + ", ".join(f"{d} -> {compute_choice(d)}" for d in devices)
+                lines.append(f"    {key}: {value}")
+        return "\n".join(lines) + "\n)"
 
     # ----------------------------------------------------------------- step
     def _grads_are_finite(self) -> bool:

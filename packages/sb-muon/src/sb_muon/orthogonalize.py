@@ -25,6 +25,7 @@ from .coefficients import (
     schedule_for,
     turbo_triple,
 )
+from .hardware import compute_choice
 
 #: Named methods accepted by :func:`orthogonalize`.
 METHODS = ("tuned5", "polar_express", "quintic", "turbo", "eigh", "svd")
@@ -44,12 +45,12 @@ Method = str | Sequence[Triple]
 
 
 def default_compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where matrix products are fast in bf16 (CUDA), fp32 elsewhere.
+    """The dtype whose matrix products `device` runs fastest: bf16 on CUDA and on CPUs with native
+    bf16 matrix units, fp32 elsewhere; decided once per process (see :mod:`sb_muon.hardware`).
 
-    On CPUs without native bf16 GEMMs a bf16 product is tens of times slower than fp32, and the
-    5-step error is set by the schedule, not by the dtype, so fp32 costs no accuracy.
+    At 5 steps the error is set by the schedule more than by the dtype, so the faster dtype wins.
     """
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return compute_choice(device).dtype
 
 
 def resolve_method(method: Method) -> Method:
@@ -190,7 +191,7 @@ def orthogonalize(
             sequence of (a, b, c) triples, one per iteration (the last repeats if `steps` is larger).
             "eigh" is the exact polar factor through an eigendecomposition of X Xᵀ (singular
             values below 1e-3 σ_max damped; `steps` ignored): the fastest accurate choice on CPUs.
-        dtype: compute dtype; default bf16 on CUDA and fp32 elsewhere.
+        dtype: compute dtype; default :func:`default_compute_dtype` of G's device.
         eps: added to the Frobenius norm before dividing by it.
         use_triton: compute the two symmetric products with the Triton Gram kernel (CUDA, or the
             Triton interpreter); the plain PyTorch path is the reference it is tested against.
