@@ -69,6 +69,9 @@ def load_shared_state(path: str | os.PathLike[str], *, map_location: Any = "cpu"
     """The shared dict of a complete checkpoint directory (any world size): model weights, configuration,
     schedule values. For sampling, warm starts and inspection, not for an exact resume."""
     info = read_checkpoint_info(path)
+    for name in info.files:  # every file, not only shared.pt: a damaged checkpoint is refused as a whole
+        if name != SHARED_FILE:
+            _verify(info, name)
     return _load_file(info, SHARED_FILE, map_location)
 
 
@@ -328,16 +331,17 @@ def _save_hashed(path: Path, obj: dict) -> dict[str, Any]:
     return {"size": size, "sha256": stream.hexdigest}
 
 
-def _load_file(info: CheckpointInfo, name: str, map_location: Any) -> dict:
-    """Verify one file of a checkpoint against meta.json's sha256, then ``torch.load(weights_only=True)``."""
+def _verify(info: CheckpointInfo, name: str) -> None:
+    """Refuse a file whose sha256 is not the one meta.json recorded (warn once per file of a version-1
+    checkpoint, which records none)."""
     path = info.path / name
     if not info.checksummed:
         warnings.warn(
             f"checkpoint {info.path} (version {info.version}, written by an older sb-train) records no "
-            "checksums, so its files cannot be verified; it is read anyway (weights only, no code runs). "
+            f"checksums, so {name} cannot be verified; it is read anyway (weights only, no code runs). "
             "The next checkpoint this run saves has checksums",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     elif (actual := file_sha256(path)) != info.sha256[name]:
         raise CheckpointError(
@@ -345,6 +349,12 @@ def _load_file(info: CheckpointInfo, name: str, map_location: Any) -> dict:
             f"{info.sha256[name][:16]}... (the bytes changed after the save); resume from another checkpoint "
             "(e.g. an older step_* folder) and delete this one"
         )
+
+
+def _load_file(info: CheckpointInfo, name: str, map_location: Any) -> dict:
+    """Verify one file of a checkpoint against meta.json's sha256, then ``torch.load(weights_only=True)``."""
+    path = info.path / name
+    _verify(info, name)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
