@@ -18,7 +18,7 @@ import pytest
 import torch
 from train_helpers import only_run_dir, smoke_overrides
 
-from sb_train.checkpoint import CheckpointManager
+from sb_train.checkpoint import CheckpointError, CheckpointManager
 from sb_train.cli import main
 from sb_train.cli_errors import describe
 
@@ -118,6 +118,20 @@ def test_os_errors_map_to_exit_1_with_the_file_named(err, words):
     assert code == 1 and line.startswith("/runs/x/scalars.csv: ") and words in line
     assert describe(FileNotFoundError(errno.ENOENT, "gone", "/data/x.bin"))[0] == 2
     assert describe(RuntimeError("a bug")) is None  # not an input error: the traceback stays
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_exit_1(tmp_path, monkeypatch):
+    import sb_train.checkpoint.store as store
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "shared.pt"))
+
+    monkeypatch.setattr(store.torch, "save", full)
+    with pytest.raises(CheckpointError) as caught:
+        CheckpointManager(tmp_path).save(1, {"x": torch.zeros(2)}, {})
+    code, line = describe(caught.value)
+    assert code == 1 and "No space left on device" in line
+    assert not any(tmp_path.iterdir())  # the half-written save is gone
 
 
 def _corpus_sets(data: Path, prefix: str, tmp_path: Path) -> list[str]:

@@ -60,6 +60,10 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 def describe(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one line) for an error a user can act on; None for anything else (a bug)."""
+    cause = exc.__cause__
+    if isinstance(exc, CheckpointError) and isinstance(cause, OSError) and not isinstance(cause,
+                                                                                    FileNotFoundError):
+        return EXIT_ENVIRONMENT, _one_line(str(exc))  # e.g. a save that hit a full disk
     if isinstance(exc, ConfigError | CheckpointError | RunError | LogFormatError):
         return EXIT_INPUT, _one_line(str(exc))
     if isinstance(exc, UnicodeDecodeError):
