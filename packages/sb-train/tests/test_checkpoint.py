@@ -1,6 +1,7 @@
 """CheckpointManager: atomic layout, round trips, interrupted saves, pruning, --resume, 2 ranks (gloo)."""
 
 import collections
+import hashlib
 import importlib.util
 import json
 import multiprocessing
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from sb_train.checkpoint import CheckpointError, CheckpointManager, read_checkpoint_info
+from sb_train.checkpoint.digest import meta_digest
 from sb_train.rng_state import capture_rng_state
 
 WORKER = Path(__file__).with_name("checkpoint_dist_worker.py")
@@ -65,9 +67,14 @@ def test_round_trip_of_nested_state_and_meta(tmp_path):
     assert _names(tmp_path) == ["step_000007"], "no temporary directory may remain"
     assert _names(path) == ["meta.json", "rank_00000.pt", "shared.pt"]
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["format"] == "sb-train-checkpoint" and meta["version"] == 1
+    assert meta["format"] == "sb-train-checkpoint" and meta["version"] == 2
     assert (meta["step"], meta["world_size"], meta["val_loss"]) == (7, 1, 3.25)
-    assert meta["files"] == {name: (path / name).stat().st_size for name in ("rank_00000.pt", "shared.pt")}
+    # the digests hashed while writing equal the files' sha256 as read back afterwards
+    assert meta["files"] == {
+        name: {"size": (path / name).stat().st_size,
+               "sha256": hashlib.sha256((path / name).read_bytes()).hexdigest()}
+        for name in ("rank_00000.pt", "shared.pt")
+    }
     assert meta["created_at"]
 
     loaded_shared, loaded_rank = manager.load(path)
@@ -78,7 +85,7 @@ def test_round_trip_of_nested_state_and_meta(tmp_path):
     assert torch.all(model.weight == 7)
     info = manager.list()[0]
     assert (info.step, info.world_size, info.val_loss) == (7, 1, 3.25)
-    assert info.size_bytes == sum(meta["files"].values())
+    assert info.size_bytes == sum(entry["size"] for entry in meta["files"].values())
 
 
 def test_values_that_weights_only_cannot_read_are_refused(tmp_path):
@@ -166,7 +173,7 @@ def test_corrupt_file_with_the_right_size_is_a_clear_error(tmp_path):
     path = manager.save(1, *_state(1))
     size = (path / "shared.pt").stat().st_size
     (path / "shared.pt").write_bytes(b"\0" * size)
-    with pytest.raises(CheckpointError, match=r"shared.pt, it is corrupt"):
+    with pytest.raises(CheckpointError, match=r"shared.pt is corrupt: its sha256"):
         manager.load(path)
 
 
@@ -174,13 +181,17 @@ def test_meta_of_another_format_or_version_is_refused(tmp_path):
     manager = CheckpointManager(tmp_path)
     path = manager.save(1, *_state(1))
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(CheckpointError, match="version 2"):
+    (path / "meta.json").write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(CheckpointError, match="version 3"):
         manager.load(path)
     (path / "meta.json").write_text(json.dumps({**meta, "format": "other"}))
     with pytest.raises(CheckpointError, match="not an sb-train checkpoint"):
         manager.load(path)
-    (path / "meta.json").write_text(json.dumps({**meta, "step": 3}))
+    (path / "meta.json").write_text(json.dumps({**meta, "step": 3}))  # an edited value: meta_sha256 differs
+    with pytest.raises(CheckpointError, match="does not match its meta_sha256"):
+        manager.load(path)
+    edited = {**meta, "step": 3}
+    (path / "meta.json").write_text(json.dumps({**edited, "meta_sha256": meta_digest(edited)}))
     with pytest.raises(CheckpointError, match="names step 3"):
         manager.load(path)
     assert manager.latest() is None

@@ -66,12 +66,15 @@ def test_activation_schedule():
     assert curves.active_expert_count(74, RECORD_ACTIVATION, 8) == 1
     assert curves.active_expert_count(75, RECORD_ACTIVATION, 8) == 2
     assert curves.active_expert_count(5000, RECORD_ACTIVATION, 8) == 8
-    assert curves.normalize_activation_schedule(((10, 2), (5, 9), (10, 3)), 8) == (
+    assert curves.normalize_activation_schedule(((10, 2), (5, 8), (10, 3)), 8) == (
         (0, 8),
         (5, 8),
         (10, 3),
         (10, 8),
     )
+    # more experts than the bank has is refused, not clamped
+    with pytest.raises(ValueError, match=r"\(5, 9\): counts must be in \[1, 8\]"):
+        curves.normalize_activation_schedule(((10, 2), (5, 9)), 8)
     assert curves.normalize_activation_schedule(((10, 2),), 4) == ((0, 2), (10, 2), (10, 4))
     assert curves.second_expert_step(((75, 2), (0, 1))) == 75  # sorted, unlike the reference
 

@@ -181,6 +181,12 @@ def test_window_matches_the_documented_formula_and_end_step():
         assert attention_window_blocks(step, N) == formula_window(step)
         assert attention_window_blocks(step, 3500, end_step=1750) == formula_window(step, 3500, 1750)
     assert attention_window_blocks(3000, 3500, end_step=1750) == 27
+
+
+@pytest.mark.parametrize("tokens", [0, -128])
+def test_window_of_zero_or_fewer_tokens_is_refused_not_clamped(tokens):
+    with pytest.raises(ValueError, match="max_window_tokens >= 1"):
+        attention_window_blocks(10, 100, max_window_tokens=tokens)
     assert ScheduleConfig(num_iterations=3500, window_schedule_end_step=1750).at(
         2000, num_experts=8).window_blocks == 27
 
@@ -267,8 +273,9 @@ def test_active_experts_per_stage():
             assert at(stage_step - 1).active_experts == count - 1
     for step in range(0, N, 13):
         assert at(step).active_experts == active_expert_count(step, RECORD_EXPERT_ACTIVATION_SCHEDULE, 8)
-    assert RECORD.at(0, num_experts=4).active_experts == 1
-    assert RECORD.at(700, num_experts=4).active_experts == 4
+    # the record's schedule turns on 8 experts: a 4-expert bank is refused, not clamped to 4
+    with pytest.raises(ValueError, match=r"\(338, 5\): counts must be in \[1, 4\]"):
+        RECORD.at(0, num_experts=4)
     assert ScheduleConfig(expert_activation_schedule=()).at(0, num_experts=8).active_experts == 8
 
 

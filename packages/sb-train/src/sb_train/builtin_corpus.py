@@ -42,9 +42,13 @@ def python_docs_documents(max_bytes: int) -> Iterator[str]:
             return
 
 
+PYTHON_DOCS_INPUT = "python-docs.jsonl"  # the input name sb-data's summary records for this corpus
+
+
 def write_python_docs_shards(out_dir: str | Path, prefix: str, *, max_bytes: int = 6_000_000,
-                             val_fraction: float = 0.05, seed: int = 0) -> Path:
-    """Tokenize the corpus into ``{prefix}_train_*.bin`` / ``{prefix}_val_*.bin`` shards in ``out_dir``.
+                             val_fraction: float = 0.05, seed: int = 0, overwrite: bool = False) -> Path:
+    """Tokenize the corpus into ``{prefix}_train_*.bin`` / ``{prefix}_val_*.bin`` shards in ``out_dir``
+    (``overwrite`` replaces earlier ``{prefix}`` shards there).
 
     The documents are shuffled (fixed seed) before writing: the loader reads shards in order, and a stream
     of all the prose first and all the code after would make the training distribution drift."""
@@ -52,10 +56,10 @@ def write_python_docs_shards(out_dir: str | Path, prefix: str, *, max_bytes: int
     docs = list(python_docs_documents(max_bytes))
     random.Random(seed).shuffle(docs)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "python-docs.jsonl"
+        src = Path(tmp) / PYTHON_DOCS_INPUT
         with src.open("w", encoding="utf-8") as f:
             for text in docs:
                 f.write(json.dumps({"text": text}) + "\n")
         prepare([src], out, tokenizer="bytes", val_fraction=val_fraction, prefix=prefix, progress=False,
-                workers=1)
+                workers=1, overwrite=overwrite)
     return out

@@ -7,7 +7,8 @@
     sb-train --preset tiny --resume auto                     # continue the newest run of this preset
     sb-train sample runs/<run-id> --prompt "def "            # text from the newest checkpoint of a run
 
-``sample`` as the first argument runs :mod:`sb_train.sample`; anything else trains.
+``sample`` as the first argument runs :mod:`sb_train.sample`; anything else trains. Errors and exit codes:
+:mod:`sb_train.cli_errors`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from sb_train.config import ConfigError, TrainConfig
+from sb_train.cli_errors import EXIT_ABORTED, debug_requested, run_cli, stop_exit_code
+from sb_train.config import TrainConfig
 from sb_train.config_loading import load_config, preset_names
 
 if TYPE_CHECKING:
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (run.wandb_mode, "
                    "default offline: no network needed)")
     p.add_argument("--out", metavar="DIR", help="output folder for run directories (run.out_dir)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: go on with settings that differ from the checkpoint's (the model's "
+                   "must not); run.json keeps every configuration in its segments")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (or set SB_DEBUG=1)")
     return p
 
 
@@ -62,35 +68,36 @@ def _toml_string(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None, *, callbacks: Iterable[TrainerCallback] = ()) -> int:
     """``sb-train [--preset ...]`` trains (with ``callbacks`` installed in the trainer); ``sb-train sample
-    ...`` generates text. Exit codes: 0 done, 2 usage/configuration/checkpoint error, 3 run aborted."""
+    ...`` generates text. Bad input is one line on stderr (``--debug`` or ``SB_DEBUG=1``: the traceback too).
+    Exit codes (:mod:`sb_train.cli_errors`): 0 finished, 1 the file system refused, 2 bad input, 3 the run
+    aborted itself, 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sample"]:
         from sb_train.sample import main as sample_main
 
         return sample_main(argv[1:])
+    return run_cli("sb-train", lambda: _train(argv, callbacks), debug=debug_requested(argv))
+
+
+def _train(argv: list[str], callbacks: Iterable[TrainerCallback]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-    except ConfigError as exc:
-        print(f"sb-train: {exc}", file=sys.stderr)
-        return 2
+    cfg = resolve_config(args)
     if args.print_config:
         sys.stdout.write(cfg.to_toml())
         return 0
-    from sb_train.checkpoint import CheckpointError
     from sb_train.distributed import teardown_distributed
     from sb_train.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg, resume=args.resume, callbacks=callbacks)
+        trainer = Trainer(cfg, resume=args.resume, callbacks=callbacks,
+                          allow_config_change=args.allow_config_change)
         result = trainer.run()
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"sb-train: {exc}", file=sys.stderr)
+    finally:
         teardown_distributed()
-        return 2
-    teardown_distributed()
     if result.state == "aborted":
-        return 3
+        return EXIT_ABORTED
+    if result.state == "stopped":
+        return stop_exit_code(result.stop_signal)
     return 0
 
 

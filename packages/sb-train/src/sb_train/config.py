@@ -25,7 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import torch
 from sb_runlog import config_hash
+from sb_runlog.run_header import RUN_ID
 
 from sb_model import GPTConfig
 from sb_model.bank.config import GPT_FIELDS, BankConfig
@@ -143,6 +145,29 @@ class RunConfig:
         for name in ("val_loss_every", "checkpoint_every", "early_stop_step", "warmup_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"run.{name} must be >= 0 (got {getattr(self, name)})")
+        _check_run_name(self.run_name)
+        _check_device(self.device)
+
+
+def _check_run_name(name: str) -> None:
+    """A run name is one folder name under run.out_dir: the run-id alphabet, no path, not hidden."""
+    if name and (not RUN_ID.match(name) or name.startswith(".")):
+        raise ConfigError(
+            f"run.run_name={name!r} must be a plain folder name of letters, digits, '.', '_' and '-' that "
+            "does not start with '.' (no '/', not '.' or '..'), e.g. run.run_name=\"tiny-lr2\"; set "
+            "run.out_dir for the parent folder"
+        )
+
+
+def _check_device(device: str) -> None:
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"run.device={device!r} is not a device torch knows: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,20 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
     preset: str = "record"
+
+    def __post_init__(self) -> None:
+        # settings of two sections that must agree; refused here rather than clamped later
+        experts = self.model.bank.num_experts
+        for step, count in self.schedule.expert_activation_schedule:
+            if count > experts:
+                raise ConfigError(
+                    f"schedule.expert_activation_schedule turns on {count} experts at step {step} but "
+                    f"model.bank.num_experts is {experts}; lower the counts to at most {experts} or raise "
+                    "model.bank.num_experts"
+                )
+        if self.model.max_window_tokens < 1:
+            raise ConfigError(f"model.max_window_tokens must be >= 1 (got {self.model.max_window_tokens}): "
+                              "it is the attention window the schedule grows to")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples become lists)."""

@@ -46,9 +46,7 @@ def load_config(
     _merge(tree, _parse_toml(preset_text(preset), f"preset {preset!r}"), f"preset {preset!r}")
     for path in config_files:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {p}: no such file")
-        _merge(tree, _parse_toml(p.read_text(encoding="utf-8"), str(p)), str(p))
+        _merge(tree, _parse_toml(_read_config_file(p), str(p)), str(p))
     items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
     for dotted, raw in items:
         section, _, key = dotted.partition(".")
@@ -66,6 +64,21 @@ def model_config_from_dict(values: Mapping[str, Any]) -> GPTConfig:
     """The model section recorded in a checkpoint or run.json (``TrainConfig.to_dict()["model"]``) as the
     :class:`GPTConfig` it was built from (values coerced and checked like a ``[model]`` table)."""
     return _build(GPTConfig, "model", values)
+
+
+def _read_config_file(p: Path) -> str:
+    """The text of a ``--config`` file, or a ConfigError that says what is wrong with the file."""
+    if p.is_dir():
+        raise ConfigError(f"--config {p}: is a folder, not a TOML file")
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: no such file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {p}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _split_override(text: str) -> tuple[str, Any]:
@@ -167,6 +180,23 @@ def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
+    except ArithmeticError as exc:  # a check that divides by a value that is 0 (e.g. model.head_dim)
+        zeros = [k for k, v in kwargs.items() if type(v) in (int, float) and v == 0]
+        named = [f"{section}.{k} = 0" for k in zeros if not _divides_by(cls, {**kwargs, k: 1})]
+        culprit = ", ".join(named) if named else "a setting"
+        raise ConfigError(f"[{section}] {culprit} cannot be used ({type(exc).__name__}: {exc}); use a value "
+                          ">= 1") from exc
+
+
+def _divides_by(cls: type, kwargs: Mapping[str, Any]) -> bool:
+    """Whether building ``cls`` from ``kwargs`` still fails with a division by zero."""
+    try:
+        cls(**kwargs)
+    except ArithmeticError:
+        return True
+    except Exception:  # any other complaint: this value was not the zero divisor
+        return False
+    return False
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:

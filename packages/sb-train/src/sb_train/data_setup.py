@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import glob
+import json
 import sys
 from pathlib import Path
 
 from sb_data import DistributedTokenLoader, ValidationLoader
-from sb_train.builtin_corpus import write_python_docs_shards
+from sb_data.prepare import summary_name
+from sb_train.builtin_corpus import PYTHON_DOCS_INPUT, write_python_docs_shards
 from sb_train.config import DataConfig
 from sb_train.distributed import DistEnv, barrier
 
@@ -41,15 +43,40 @@ def ensure_shards(data: DataConfig, env: DistEnv) -> None:
             f"<dir>/<prefix>_train_*.bin and <dir>/<prefix>_val_*.bin (got {data.train_files!r}, "
             f"{data.val_files!r})"
         )
+    half_built = len(missing) == 1  # one of the two shard sets is there: an interrupted or damaged build
+    if half_built and not _auto_prepared(train_dir, prefix):
+        present = data.val_files if missing[0] == data.train_files else data.train_files
+        raise FileNotFoundError(
+            f"no shards match {missing[0]!r}, but {present!r} has shards that data.auto_prepare did not "
+            f"write ({train_dir}/{summary_name(prefix)} names other inputs), so they are not replaced: point "
+            "data.train_files / data.val_files at a complete set, or delete those shards to let sb-train "
+            "build the python-docs corpus there"
+        )
     if env.is_main:
-        print(f"[sb-train] no shards at {data.train_files!r}: building them from the Python documentation "
-              f"that ships with this interpreter (byte tokens, up to {data.auto_prepare_max_bytes:,} bytes) "
-              f"into {train_dir}/ ...", file=sys.stderr, flush=True)
-        write_python_docs_shards(train_dir, prefix, max_bytes=data.auto_prepare_max_bytes)
+        what = (f"{missing[0]!r} is missing although the other split is there (an interrupted build): "
+                "rebuilding both" if half_built else f"no shards at {data.train_files!r}: building them")
+        print(f"[sb-train] {what} from the Python documentation that ships with this interpreter (byte "
+              f"tokens, up to {data.auto_prepare_max_bytes:,} bytes) into {train_dir}/ ...",
+              file=sys.stderr, flush=True)
+        write_python_docs_shards(train_dir, prefix, max_bytes=data.auto_prepare_max_bytes,
+                                 overwrite=half_built)
     barrier()
     still = [p for p in (data.train_files, data.val_files) if not shard_files(p)]
     if still:
         raise FileNotFoundError(f"after preparing the data, no shards match {still[0]!r}")
+
+
+def _auto_prepared(folder: Path, prefix: str) -> bool:
+    """Whether the ``prefix`` shards in ``folder`` may be rebuilt: their summary (which sb-data writes last)
+    is missing, i.e. the build was cut short, or it names only the python-docs corpus as input."""
+    try:
+        summary = json.loads((folder / summary_name(prefix)).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    inputs = summary.get("inputs") if isinstance(summary, dict) else None
+    return bool(inputs) and all(str(i).endswith(PYTHON_DOCS_INPUT) for i in inputs)
 
 
 def train_loader(

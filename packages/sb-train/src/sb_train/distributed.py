@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sb_train.errors import RunError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -49,12 +51,16 @@ def setup_distributed(device: str = "auto") -> DistEnv:
             dev = torch.device(f"cuda:{local_rank}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={device!r} but CUDA is not available; use run.device=cpu")
+            raise RunError(f"run.device={device!r} but this machine has no usable CUDA GPU (torch.cuda."
+                           "is_available() is False); use --set run.device=cpu (or run.device=auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RunError(f"run.device={device!r} names GPU {dev.index} but this machine has "
+                           f"{torch.cuda.device_count()} (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
-                raise RuntimeError(
+                raise RunError(
                     f"WORLD_SIZE={world} but {var} is not set; start with "
                     "`torchrun --nproc_per_node=N -m sb_train.cli ...` (or `torchrun ... $(which sb-train)`)"
                 )

@@ -21,8 +21,9 @@ import torch
 
 from sb_model import GPT
 from sb_train.checkpoint import CheckpointError, find_checkpoint, load_shared_state
-from sb_train.config import ConfigError
+from sb_train.cli_errors import debug_requested, run_cli
 from sb_train.config_loading import model_config_from_dict
+from sb_train.errors import RunError
 
 __all__ = ["build_parser", "load_model", "main"]
 
@@ -32,8 +33,13 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[GPT, 
     checkpoint's other shared entries."""
     checkpoint = find_checkpoint(path)
     shared = load_shared_state(checkpoint, map_location=device)
-    model = GPT(model_config_from_dict(shared["config"]["model"]), device=torch.device(device))
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in shared["model"].items()})
+    try:
+        model = GPT(model_config_from_dict(shared["config"]["model"]), device=torch.device(device))
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in shared["model"].items()})
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{checkpoint} does not hold the model of an sb-train run "
+                              f"({type(err).__name__}: {detail})") from err
     routing = shared.get("routing") or {}
     if model.bank is not None and routing:
         model.routing_schedule.set_(temperature=routing.get("temperature"),
@@ -60,12 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bpe-dir", help="folder of GPT-2 BPE files (50257-token models); else $SB_DATA_BPE_DIR")
     p.add_argument("--json", action="store_true", help="print the token ids and text as JSON")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (or set SB_DEBUG=1)")
     return p
 
 
 def _sample(args: argparse.Namespace) -> int:
     from sb_data.tokenizers import tokenizer_for_header
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"--device {args.device}: this machine has no usable CUDA GPU; use --device cpu")
     model, _ = load_model(args.checkpoint, args.device)
     vocab = model.config.vocab_size
     tok = None if args.ids else tokenizer_for_header(vocab, bpe_dir=args.bpe_dir)
@@ -93,10 +102,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sb-train sample ...`` (``argv`` without the ``sample`` word); 2 on a usage or checkpoint error."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _sample(args)
-    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"sb-train sample: {exc}", file=sys.stderr)
-        return 2
+    """``sb-train sample ...`` (``argv`` without the ``sample`` word); bad input is one line and exit code 2
+    (1 when the file system refuses), see :mod:`sb_train.cli_errors`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("sb-train sample", lambda: _sample(build_parser().parse_args(argv)),
+                   debug=debug_requested(argv))

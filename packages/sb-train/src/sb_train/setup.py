@@ -7,6 +7,7 @@ starting step is known (after a resume).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from sb_runlog import RUN_FILE
 from torch import nn
 
 from sb_data.loader import DistributedTokenLoader
@@ -22,14 +24,18 @@ from sb_data.validation import ValidationLoader
 from sb_model import GPT
 from sb_muon import MuonAdamW
 from sb_train.autoclip import RouterClip
-from sb_train.checkpoint import CheckpointManager, find_checkpoint, find_latest_of_preset
+from sb_train.checkpoint import CheckpointManager, find_checkpoint, find_latest_of_preset, list_checkpoints
+from sb_train.checkpoint.layout import CHECKPOINTS_DIR
 from sb_train.code_version import code_version, make_run_id
 from sb_train.config import TrainConfig, micro_tokens, validation_steps
+from sb_train.config_changes import segments_after
 from sb_train.data_setup import ensure_shards, train_loader, validation_loader
 from sb_train.distributed import DistEnv, GradReducer, broadcast_parameters, setup_distributed
+from sb_train.errors import RunError, RunExistsError
 from sb_train.logit_stats import LogitStats
 from sb_train.logs import ProgressPrinter, RunLogger
 from sb_train.optimizer import build_optimizer
+from sb_train.run_lock import RunLock
 
 __all__ = ["TrainParts", "build_parts", "open_logs"]
 
@@ -45,6 +51,7 @@ class TrainParts:
     stop_step: int  # the step that ends this run: num_iterations or run.early_stop_step
     run_dir: Path
     run_id: str
+    run_lock: RunLock | None  # rank 0's lock on run_dir (None on the other ranks); released when the run ends
     resume_from: Path | None  # the checkpoint to resume from (None: a fresh run)
     checkpoints: CheckpointManager
     model: GPT
@@ -68,13 +75,26 @@ def build_parts(cfg: TrainConfig, *, resume: str | None = None, env: DistEnv | N
     ``"auto"`` or a run/checkpoint path), run directory, data, model, optimizer, gradient reducer, router
     clip and logit statistics. Ends by seeding this rank's sampling stream (Gumbel noise)."""
     env = env or setup_distributed(cfg.run.device)
-    run, mcfg = cfg.run, cfg.model
+    run = cfg.run
     if run.threads and env.device.type == "cpu":
         torch.set_num_threads(run.threads)
     _check_head_untying(cfg)
     micro = _micro_tokens(cfg, env)
     resume_from = _find_resume(cfg, resume, env)
     run_dir, run_id = _run_directory(cfg, resume_from, env)
+    run_lock = _lock_run_directory(run_dir, fresh=resume_from is None, env=env)
+    try:
+        return _assemble(cfg, env, micro, resume_from, run_dir, run_id, run_lock)
+    except BaseException:
+        if run_lock is not None:
+            run_lock.release(discard_empty=True)
+        raise
+
+
+def _assemble(cfg: TrainConfig, env: DistEnv, micro: int, resume_from: Path | None, run_dir: Path,
+              run_id: str, run_lock: RunLock | None) -> TrainParts:
+    """The rest of :func:`build_parts`, once the run folder is this process's (its lock is held)."""
+    run, mcfg = cfg.run, cfg.model
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=run.keep_last, keep_best=run.keep_best,
                                     rank=env.rank, world_size=env.world_size)
 
@@ -99,6 +119,7 @@ def build_parts(cfg: TrainConfig, *, resume: str | None = None, env: DistEnv | N
         stop_step=min(cfg.schedule.num_iterations, run.early_stop_step or cfg.schedule.num_iterations),
         run_dir=run_dir,
         run_id=run_id,
+        run_lock=run_lock,
         resume_from=resume_from,
         checkpoints=checkpoints,
         model=model,
@@ -142,7 +163,8 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
         wandb=_wandb_settings(cfg) if cfg.run.wandb else None,
         resumed_from=(None if parts.resume_from is None
                       else {"checkpoint": str(parts.resume_from), "step": resumed_step}),
-        extra_header={**code_version(), "config_hash": cfg.hash()},
+        extra_header={**code_version(), "config_hash": cfg.hash(),
+                      "segments": _segments(parts, resumed_step)},
         enabled=env.is_main,
     )
     progress = ProgressPrinter(n, parts.tokens_per_step, every=cfg.run.print_every,
@@ -153,6 +175,20 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _segments(parts: TrainParts, resumed_step: int | None) -> list[dict[str, Any]]:
+    """run.json's segment history with this part of the run appended (rank 0 reads the previous run.json)."""
+    previous: dict[str, Any] = {}
+    if parts.env.is_main and parts.resume_from is not None:
+        try:
+            loaded = json.loads((parts.run_dir / RUN_FILE).read_text(encoding="utf-8"))
+            previous = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            previous = {}
+    start = 0 if resumed_step is None else resumed_step + 1
+    return segments_after(previous, parts.cfg.to_dict(), parts.cfg.hash(), start_step=start,
+                          resumed_from=None if parts.resume_from is None else str(parts.resume_from))
+
+
 def _check_head_untying(cfg: TrainConfig) -> None:
     mcfg = cfg.model
     if cfg.schedule.untie_lm_head_frac >= 0 and not (mcfg.tie_lm_head and mcfg.untie_lm_head_later):
@@ -188,6 +224,43 @@ def _find_resume(cfg: TrainConfig, resume: str | None, env: DistEnv) -> Path | N
         print(f"[sb-train] --resume auto: no checkpoint of a {cfg.preset!r} run under {cfg.run.out_dir}/; "
               "starting a new run", file=sys.stderr)
     return found
+
+
+def _lock_run_directory(run_dir: Path, *, fresh: bool, env: DistEnv) -> RunLock | None:
+    """Rank 0 takes the run folder's lock (:mod:`sb_train.run_lock`) and, for a new run, refuses a folder that
+    already holds one. The outcome is shared, so every rank stops alike when rank 0 cannot go on."""
+    lock: RunLock | None = None
+    error: Exception | None = None
+    if env.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            if fresh:
+                _refuse_existing_run(run_dir)
+        except (RunError, OSError) as exc:
+            if lock is not None:
+                lock.release()
+            error = exc
+    if env.distributed:
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise RunError(f"rank 0 cannot use the run folder: {box[0]}")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    """RunExistsError when a new run would go into a folder that holds a run (a reused run.run_name)."""
+    found = [name for name in (RUN_FILE, "scalars.csv", CHECKPOINTS_DIR) if (run_dir / name).exists()]
+    if not found:
+        return
+    if list_checkpoints(run_dir / CHECKPOINTS_DIR):
+        hint = f"to continue it, add --resume {run_dir} (or --resume auto) to the same command"
+    else:
+        hint = f"it has no complete checkpoint to continue from; delete {run_dir} to start it again"
+    raise RunExistsError(f"{run_dir} already holds a run ({', '.join(found)}): {hint}, or choose another "
+                         "run.run_name")
 
 
 def _run_directory(cfg: TrainConfig, resume_from: Path | None, env: DistEnv) -> tuple[Path, str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sb_train.config_changes import check_resume_config
 from sb_train.rng_state import capture_rng_state, restore_rng_state
 from sb_train.setup import TrainParts
 
@@ -72,12 +73,16 @@ def restore_state(parts: TrainParts, shared: dict[str, Any], per_rank: dict[str,
     restore_rng_state(per_rank["rng"])
 
 
-def resume_from(parts: TrainParts, path: Path) -> Progress:
-    """Load the checkpoint at ``path`` into the parts; refuse one written with another model configuration."""
+def resume_from(parts: TrainParts, path: Path, *, allow_config_change: bool = False) -> Progress:
+    """Load the checkpoint at ``path`` into the parts. A checkpoint written with another model configuration
+    is refused, and one written with other settings too unless ``allow_config_change``
+    (:func:`sb_train.config_changes.check_resume_config`)."""
     shared, per_rank = parts.checkpoints.load(path, map_location=parts.device)
-    if shared["config"]["model"] != parts.cfg.to_dict()["model"]:
-        raise ValueError(f"{path} was written by a run with another model configuration; resume with the "
-                         "same preset and model settings, or start a new run (--out elsewhere)")
+    changes = check_resume_config(shared["config"], parts.cfg.to_dict(), str(path),
+                                  allow_change=allow_config_change)
+    if changes and parts.env.is_main:
+        print(f"[sb-train] resuming with {len(changes)} changed setting(s): {', '.join(changes)}",
+              file=sys.stderr)
     restore_state(parts, shared, per_rank)
     progress = Progress(step_done=int(shared["step"]), time_ms=float(shared["time_ms"]),
                         best_val=shared["best_val"], val_history=list(shared["val_history"]),

@@ -56,24 +56,34 @@ class TrainResult:
     val_history: list[tuple[int, float]] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) at logged steps
     abort_reason: str | None = None
+    stop_signal: str | None = None  # "SIGTERM" / "SIGINT" when state == "stopped"
 
 
 class Trainer:
-    """``Trainer(cfg, resume=None|"auto"|PATH, env=None, callbacks=[...]).run()`` trains one run."""
+    """``Trainer(cfg, resume=None|"auto"|PATH, env=None, callbacks=[...]).run()`` trains one run.
+
+    From construction until :meth:`run` returns, rank 0 holds the run folder's lock
+    (:mod:`sb_train.run_lock`); :meth:`close` drops it without running. ``allow_config_change`` lets a
+    resume go on with settings other than the checkpoint's (the CLI's ``--allow-config-change``;
+    :mod:`sb_train.config_changes`)."""
 
     def __init__(self, cfg: TrainConfig, *, resume: str | None = None, env: DistEnv | None = None,
-                 callbacks: Iterable[TrainerCallback] = ()) -> None:
+                 callbacks: Iterable[TrainerCallback] = (), allow_config_change: bool = False) -> None:
         self.parts = parts = build_parts(cfg, resume=resume, env=env)
         self.cfg, self.env, self.device = cfg, parts.env, parts.device
         self.model, self.forward, self.opt = parts.model, parts.forward, parts.opt
         self.run_dir, self.run_id = parts.run_dir, parts.run_id
         self.callbacks = list(callbacks)
         self.progress = Progress()
-        if parts.resume_from is not None:
-            self.progress = resume_from(parts, parts.resume_from)
-        self.start_step = self.progress.step_done + 1
-        resumed_step = self.progress.step_done if parts.resume_from is not None else None
-        self.logger, self.printer = open_logs(parts, resumed_step=resumed_step)
+        try:
+            if parts.resume_from is not None:
+                self.progress = resume_from(parts, parts.resume_from, allow_config_change=allow_config_change)
+            self.start_step = self.progress.step_done + 1
+            resumed_step = self.progress.step_done if parts.resume_from is not None else None
+            self.logger, self.printer = open_logs(parts, resumed_step=resumed_step)
+        except BaseException:
+            self.close()
+            raise
         self._live_experts: int | None = None  # the count the adapters were last initialised for
         self._frozen_stack: tuple[bool, int] | None = None  # (frozen, id of the head weight) last applied
         self._pending_val: dict[str, float] = {}
@@ -297,11 +307,21 @@ class Trainer:
         except BaseException as exc:
             self.logger.write_status("failed", max(done.step_done, 0), done.time_ms, error=repr(exc))
             self.logger.close("failed")
+            self.close()
             raise
-        self._finish(result, state)
-        for callback in self.callbacks:
-            callback.on_train_end(self, result.state)
+        try:
+            result.stop_signal = stop.signal_name if state == "stopped" else None
+            self._finish(result, state)
+            for callback in self.callbacks:
+                callback.on_train_end(self, result.state)
+        finally:
+            self.close()
         return result
+
+    def close(self) -> None:
+        """Drop the run folder's lock (the end of :meth:`run` does it; a second call does nothing)."""
+        if self.parts.run_lock is not None:
+            self.parts.run_lock.release()
 
     def _finish(self, result: TrainResult, state: str) -> None:
         """Fill in the result; write the final status and close the logs."""

@@ -7,12 +7,17 @@ Layout under a run's checkpoint root (``<run dir>/checkpoints``; every rank must
                            schedule/AutoClip/logit-stat states, data-loader position, config, step)
         rank_00000.pt      each rank r writes rank_{r:05d}.pt: its own state (RNG states, optimizer
         rank_00001.pt      state that is not replicated)
-        meta.json          written LAST by rank 0: {"format": "sb-train-checkpoint", "version": 1, "step",
-                           "world_size", "val_loss" (or null), "created_at", "files": {name: size_bytes}}
+        meta.json          written LAST by rank 0: {"format": "sb-train-checkpoint", "version": 2, "step",
+                           "world_size", "val_loss" (or null), "created_at",
+                           "files": {name: {"size": bytes, "sha256": hex}}, "meta_sha256": hex}
 
 A directory without a valid meta.json, with a file missing or of the wrong size, or any hidden ``.tmp``/
 ``.old`` directory is never taken as a checkpoint, so a run killed in the middle of a save resumes from the
-previous one. Writing and reading the files is :mod:`sb_train.checkpoint.store`'s job.
+previous one. The file digests are computed while the files are written and checked when a file is loaded
+(:mod:`sb_train.checkpoint.digest`); ``meta_sha256`` covers meta.json itself and is checked here. Version 1
+checkpoints (older sb-train: sizes only, no digests) are still read, with a warning that they cannot be
+verified (docs/design/training.md, checkpoints and resume). Writing and reading the files is
+:mod:`sb_train.checkpoint.store`'s job.
 
 Finding: :func:`find_checkpoint` turns a run directory, a checkpoint root or a checkpoint directory into one
 complete checkpoint (``--resume PATH``, ``sb-train sample RUN_OR_CHECKPOINT``); :func:`find_latest_of_preset`
@@ -25,8 +30,10 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from sb_train.checkpoint.digest import meta_digest
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -43,7 +50,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "sb-train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksums (read with a warning)
 META_FILE = "meta.json"
 SHARED_FILE = "shared.pt"
 CHECKPOINTS_DIR = "checkpoints"  # a run directory's checkpoint root
@@ -65,7 +73,14 @@ class CheckpointInfo:
     world_size: int
     val_loss: float | None
     created_at: str
-    files: dict[str, int]
+    files: dict[str, int]  # name -> size in bytes
+    sha256: dict[str, str] = field(default_factory=dict)  # name -> hex digest; empty for version 1
+    version: int = CHECKPOINT_VERSION
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether meta.json records a digest of every file (version 2 and later)."""
+        return bool(self.files) and self.files.keys() <= self.sha256.keys()
 
     @property
     def size_bytes(self) -> int:
@@ -109,14 +124,20 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         raise CheckpointError(f"{meta_path} is corrupt (not readable JSON: {err}); delete {path}") from err
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{meta_path} is not an sb-train checkpoint description (no format field)")
-    if meta.get("version") != CHECKPOINT_VERSION:
+    version = meta.get("version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{meta_path} has checkpoint version {meta.get('version')!r}; this sb-train reads version "
-            f"{CHECKPOINT_VERSION}"
+            f"{meta_path} has checkpoint version {version!r}; this sb-train reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer sb-train wrote it? upgrade)"
+        )
+    if version >= 2 and meta.get("meta_sha256") != meta_digest(meta):
+        raise CheckpointError(
+            f"{meta_path} is corrupt: its content does not match its meta_sha256 (changed after the save); "
+            "resume from another checkpoint (e.g. an older step_* folder) and delete this one"
         )
     try:
         step, world_size = int(meta["step"]), int(meta["world_size"])
-        files = {str(name): int(size) for name, size in meta["files"].items()}
+        files, sha256 = _file_entries(meta["files"], version)
         val_loss = None if meta.get("val_loss") is None else float(meta["val_loss"])
         created_at = str(meta.get("created_at", ""))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -136,7 +157,22 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt: {name} has {actual} bytes, meta.json recorded {size}"
             )
-    return CheckpointInfo(path, step, world_size, val_loss, created_at, files)
+    return CheckpointInfo(path, step, world_size, val_loss, created_at, files, sha256, version)
+
+
+def _file_entries(entries: dict, version: int) -> tuple[dict[str, int], dict[str, str]]:
+    """(sizes, digests) from meta.json's ``files``: ``{name: size}`` in version 1,
+    ``{name: {"size", "sha256"}}`` from version 2 on."""
+    if version == 1:
+        return {str(name): int(size) for name, size in entries.items()}, {}
+    sizes, digests = {}, {}
+    for name, entry in entries.items():
+        sizes[str(name)] = int(entry["size"])
+        digest = entry["sha256"]
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ValueError(f"files[{name!r}].sha256 = {digest!r} is not a sha256 hex digest")
+        digests[str(name)] = digest
+    return sizes, digests
 
 
 def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
@@ -161,8 +197,6 @@ def best_checkpoint(infos: list[CheckpointInfo]) -> CheckpointInfo | None:
     return min(scored, key=lambda i: (i.val_loss, -i.step)) if scored else None
 
 
-
-
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The complete checkpoint that ``path`` names: a checkpoint directory (it must be complete), a
     checkpoint root or a run directory (their newest complete checkpoint). Raises `CheckpointError` when
@@ -170,6 +204,11 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file, not a checkpoint: give a run folder, its checkpoints folder or one "
+            "checkpoint folder (checkpoints/step_NNNNNN)"
+        )
     if (path / META_FILE).exists() or STEP_DIR.match(path.name):
         return read_checkpoint_info(path).path
     root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path

@@ -13,25 +13,29 @@ Errors are collective: a rank whose write fails reports it to the others (all-ga
 After each save rank 0 prunes: it keeps the newest ``keep_last`` checkpoints plus the one with the lowest
 finite validation loss, and deletes stale ``.tmp``/``.old`` directories left by interrupted saves.
 
+Checksums: each file is written through :class:`~sb_train.checkpoint.digest.HashingWriter`, so its sha256
+is computed from the bytes as they are written; meta.json records it, and every load hashes the file again
+and refuses a mismatch, naming the file. A version-1 checkpoint (no digests) loads with a warning.
+
 Serialization: both kinds of file are read with ``torch.load(weights_only=True)``, which cannot execute
 code from the file. `save` therefore checks its input first and refuses (naming the key) any value that
 such a load could not rebuild: allowed are dicts, lists, tuples, sets, None, bool, int, float, complex,
 str, bytes, tensors, torch.Size/dtype/device/layout, and classes registered with
 ``torch.serialization.add_safe_globals``. Convert the rest (a dataclass config: ``dataclasses.asdict``; a
 NumPy scalar: ``float(x)``; a NumPy array: ``torch.from_numpy``). `sb_train.rng_state` stores RNG states
-in this form.
+in this form. The check is :mod:`sb_train.checkpoint.plain_values`.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
+import pickle
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from sb_data.atomic import atomic_write, fsync_directory
+from sb_train.checkpoint.digest import HashingWriter, file_sha256, meta_digest
 from sb_train.checkpoint.layout import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -55,6 +60,7 @@ from sb_train.checkpoint.layout import (
     read_checkpoint_info,
     step_dir_name,
 )
+from sb_train.checkpoint.plain_values import check_weights_only
 
 __all__ = ["CheckpointManager", "load_shared_state"]
 
@@ -63,7 +69,10 @@ def load_shared_state(path: str | os.PathLike[str], *, map_location: Any = "cpu"
     """The shared dict of a complete checkpoint directory (any world size): model weights, configuration,
     schedule values. For sampling, warm starts and inspection, not for an exact resume."""
     info = read_checkpoint_info(path)
-    return _load_file(info.path / SHARED_FILE, map_location)
+    for name in info.files:  # every file, not only shared.pt: a damaged checkpoint is refused as a whole
+        if name != SHARED_FILE:
+            _verify(info, name)
+    return _load_file(info, SHARED_FILE, map_location)
 
 
 class CheckpointManager:
@@ -136,8 +145,8 @@ class CheckpointManager:
                 f"Resume with {info.world_size} process(es) (torchrun --nproc_per_node={info.world_size}), "
                 "or start a new run from the model weights only (CheckpointManager.load_shared)."
             )
-        shared = _load_file(info.path / SHARED_FILE, map_location)
-        per_rank = _load_file(info.path / rank_file_name(self.rank), map_location)
+        shared = _load_file(info, SHARED_FILE, map_location)
+        per_rank = _load_file(info, rank_file_name(self.rank), map_location)
         return shared, per_rank
 
     def load_shared(self, path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict:
@@ -168,8 +177,8 @@ class CheckpointManager:
             if self.rank == 0:
                 targets.insert(0, (SHARED_FILE, shared, "shared"))
             for name, obj, label in targets:
-                _check_weights_only(obj, label)
-                report["files"][name] = _write_atomic(tmp / name, lambda f, obj=obj: torch.save(obj, f))
+                check_weights_only(obj, label)
+                report["files"][name] = _save_hashed(tmp / name, obj)
         except Exception as err:
             local_error = err
             report["error"] = f"rank {self.rank}: {type(err).__name__}: {err}"
@@ -212,7 +221,8 @@ class CheckpointManager:
         return distributed
 
     def _publish(
-        self, tmp: Path, final: Path, step: int, files: dict[str, int], val_loss: float | None, nonce: str
+        self, tmp: Path, final: Path, step: int, files: dict[str, dict[str, Any]], val_loss: float | None,
+        nonce: str,
     ) -> None:
         """Rank 0: write meta.json last, then move the directory into place."""
         later = [info.step for info in self.list() if info.step > step]
@@ -232,6 +242,7 @@ class CheckpointManager:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": dict(sorted(files.items())),
         }
+        meta["meta_sha256"] = meta_digest(meta)
         text = json.dumps(meta, indent=2) + "\n"
         _write_atomic(tmp / META_FILE, lambda f: f.write(text.encode()))
         fsync_directory(tmp)
@@ -308,49 +319,52 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> int:
     return path.stat().st_size
 
 
-def _load_file(path: Path, map_location: Any) -> dict:
+def _save_hashed(path: Path, obj: dict) -> dict[str, Any]:
+    """torch.save ``obj`` atomically to ``path`` through a hashing stream: ``{"size", "sha256"}`` of the
+    bytes written (the digest is not a re-read of the file)."""
+    with atomic_write(path) as f:
+        stream = HashingWriter(f)
+        torch.save(obj, stream)
+    size = path.stat().st_size
+    if size != stream.bytes_written:  # the digest must describe the whole file
+        raise CheckpointError(f"{path}: {size} bytes on disk, {stream.bytes_written} went through the hash")
+    return {"size": size, "sha256": stream.hexdigest}
+
+
+def _verify(info: CheckpointInfo, name: str) -> None:
+    """Refuse a file whose sha256 is not the one meta.json recorded (warn once per file of a version-1
+    checkpoint, which records none)."""
+    path = info.path / name
+    if not info.checksummed:
+        warnings.warn(
+            f"checkpoint {info.path} (version {info.version}, written by an older sb-train) records no "
+            f"checksums, so {name} cannot be verified; it is read anyway (weights only, no code runs). "
+            "The next checkpoint this run saves has checksums",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    elif (actual := file_sha256(path)) != info.sha256[name]:
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt: its sha256 is {actual[:16]}..., meta.json recorded "
+            f"{info.sha256[name][:16]}... (the bytes changed after the save); resume from another checkpoint "
+            "(e.g. an older step_* folder) and delete this one"
+        )
+
+
+def _load_file(info: CheckpointInfo, name: str, map_location: Any) -> dict:
+    """Verify one file of a checkpoint against meta.json's sha256, then ``torch.load(weights_only=True)``."""
+    path = info.path / name
+    _verify(info, name)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain values, which a "
+            "checkpoint written by sb-train never does (torch.load(weights_only=True) stopped at: "
+            f"{str(err).splitlines()[0]}); it was made or altered by something else, do not trust it"
+        ) from err
     except Exception as err:
         raise CheckpointError(f"cannot read {path}, it is corrupt ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not the dict a checkpoint file holds")
     return obj
-
-
-_LEAF_TYPES: tuple[type, ...] = (
-    type(None), bool, int, float, complex, str, bytes, bytearray,
-    torch.Size, torch.dtype, torch.device, torch.layout,
-)  # fmt: skip
-_CONTAINER_TYPES: tuple[type, ...] = (list, tuple, set, dict, collections.OrderedDict, collections.Counter)
-
-
-def _safe_globals() -> set[type]:
-    getter = getattr(torch.serialization, "get_safe_globals", None)  # torch >= 2.5
-    if getter is None:
-        return set()
-    return {g for g in getter() if isinstance(g, type)}
-
-
-def _check_weights_only(obj: Any, label: str) -> None:
-    """Raise TypeError naming the first value that ``torch.load(weights_only=True)`` could not rebuild."""
-    extra = _safe_globals()
-    stack: list[tuple[Any, str]] = [(obj, label)]
-    while stack:
-        value, where = stack.pop()
-        kind = type(value)
-        if kind in _LEAF_TYPES or kind in extra or kind in (torch.Tensor, torch.nn.Parameter):
-            continue
-        if kind in _CONTAINER_TYPES:
-            if isinstance(value, Mapping):
-                for key, item in value.items():
-                    stack.append((key, f"{where} key {key!r}"))
-                    stack.append((item, f"{where}[{key!r}]"))
-            else:
-                stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
-            continue
-        raise TypeError(
-            f"{where} is a {kind.__module__}.{kind.__qualname__}, which torch.load(weights_only=True) cannot "
-            "read back; store plain values instead (dataclasses.asdict(config), float(x), "
-            "torch.from_numpy(a)) or register the class with torch.serialization.add_safe_globals"
-        )

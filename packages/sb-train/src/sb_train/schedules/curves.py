@@ -66,6 +66,9 @@ def attention_window_blocks(
     short window (half of it) itself."""
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1 (got {num_iterations})")
+    if max_window_tokens < 1 or block_size < 1:
+        raise ValueError(f"the attention window needs max_window_tokens >= 1 and block_size >= 1 (got "
+                         f"{max_window_tokens}, {block_size})")
     s, n = step, num_iterations
     if end_step > 0:
         s, n = min(step, end_step), min(num_iterations, end_step)
@@ -79,11 +82,17 @@ def attention_window_blocks(
 def normalize_activation_schedule(
     schedule: Sequence[tuple[int, int]], num_experts: int
 ) -> tuple[tuple[int, int], ...]:
-    """Clamp counts to [1, E] and steps to >= 0, sort by step (a later entry for the same step wins), and when
-    any count < E make the schedule start at step 0 and end with all E experts."""
+    """Sort by step (a later entry for the same step wins) and, when any count < E, make the schedule start
+    at step 0 and end with all E experts. A count outside [1, E] or a negative step is refused (ValueError),
+    not clamped: a schedule written for a larger bank would otherwise run a different experiment."""
     by_step: dict[int, int] = {}
     for step, count in schedule:
-        by_step[max(0, int(step))] = min(max(1, int(count)), num_experts)
+        if not 1 <= int(count) <= num_experts or int(step) < 0:
+            raise ValueError(
+                f"the expert activation schedule has ({step}, {count}): counts must be in [1, {num_experts}] "
+                f"(the bank has {num_experts} experts) and steps >= 0"
+            )
+        by_step[int(step)] = int(count)
     stages = sorted(by_step.items())
     if not stages:
         return ((0, num_experts),)
