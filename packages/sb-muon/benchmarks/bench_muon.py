@@ -231,7 +231,7 @@ def bench_distributed(steps: int) -> list[str]:
             out = os.path.join(tmp, f"w{world}.pt")
             mp.start_processes(_dist_worker, args=(world, os.path.join(tmp, f"store{world}"), steps, out),
                                nprocs=world, join=True, start_method="spawn")
-            results[world] = torch.load(out)
+            results[world] = torch.load(out, weights_only=True)
     same = all(torch.equal(a, b) for a, b in zip(results[1]["params"], results[2]["params"], strict=True))
     one, two = results[1]["median"], results[2]["median"]
     c1, c2 = results[1]["cpu"], results[2]["cpu"]
