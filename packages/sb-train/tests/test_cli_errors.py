@@ -40,10 +40,10 @@ def _fails(capsys, args: list[str], code: int = 2) -> str:
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
-    ("model.head_dim=0", "model.head_dim = 0 cannot be used"),
+    ("model.head_dim=0", "must be a multiple of head_dim (0)"),
     ('run.device="tpu"', "run.device='tpu' is not a device"),
     ('run.device="cuda:zero"', "is not a device"),
-    ("model.max_window_tokens=0", "model.max_window_tokens must be >= 1"),
+    ("model.max_window_tokens=0", "max_window_tokens=0 must be a positive multiple of block_size"),
     ("model.bank.num_experts=3", "turns on 4 experts at step 6 but model.bank.num_experts is 3"),
     ("schedule.expert_activation_schedule=[[0, 1], [2, 9]]", "turns on 9 experts"),
 ])  # fmt: skip

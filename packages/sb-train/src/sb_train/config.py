@@ -189,9 +189,6 @@ class TrainConfig:
                     f"model.bank.num_experts is {experts}; lower the counts to at most {experts} or raise "
                     "model.bank.num_experts"
                 )
-        if self.model.max_window_tokens < 1:
-            raise ConfigError(f"model.max_window_tokens must be >= 1 (got {self.model.max_window_tokens}): "
-                              "it is the attention window the schedule grows to")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples become lists)."""
