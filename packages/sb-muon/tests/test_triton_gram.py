@@ -36,7 +36,9 @@ _CHECK = textwrap.dedent("""
 
 
 def test_gram_kernel_under_the_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # fp32 products: the interpreter runs on numpy, which has no bf16, and the default dtype on a CPU can be
+    # bf16 (chosen by the hardware probe); the kernel's bf16 path is checked on a GPU (test below)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SB_MUON_COMPUTE_DTYPE": "float32"}
     proc = subprocess.run([sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

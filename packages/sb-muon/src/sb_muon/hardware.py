@@ -8,7 +8,7 @@ by the dtype, so the default is the dtype whose products the device runs fastest
   (``amx_bf16`` in /proc/cpuinfo) do (about 10x); x86 CPUs with no bf16 instructions at all do not
   (bf16 is emulated, ~30x slower). For everything else, including AVX512-BF16 without AMX (measured:
   bf16 at 0.55-0.65x of fp32 speed on a Xeon with it) and non-x86 CPUs, a short timing probe of a
-  batched bf16 product against the same fp32 product decides (bf16 if it is faster).
+  batched bf16 product against the same fp32 product decides (bf16 if it is clearly faster: > 1.25x).
 
 The decision is made once per process and device type and cached. ``SB_MUON_COMPUTE_DTYPE``
 (``bfloat16``/``bf16``, ``float32``/``fp32``, ``float16``/``fp16`` or ``auto``) overrides it for every
@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import torch
 
 ENV_VAR = "SB_MUON_COMPUTE_DTYPE"
-#: bf16 is chosen on a probed CPU when its product is at least this much faster than fp32.
-BF16_MIN_SPEEDUP = 1.0
+#: bf16 is chosen on a probed CPU when its product is more than this much faster than fp32: a clear margin,
+#: so that a timing disturbed by other processes on a loaded machine does not flip the choice (AMX-class
+#: CPUs measure ~10x, AVX512-BF16-only ones 0.55-0.65x).
+BF16_MIN_SPEEDUP = 1.25
 _DTYPE_NAMES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float32": torch.float32, "fp32": torch.float32,
