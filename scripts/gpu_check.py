@@ -1,8 +1,8 @@
 """One GPU check in at most 8 minutes: GPU tests, record-1gpu step time + MFU, bank vs dense, Muon, loader.
 
     scripts/gpu_check [--out DIR] [--only PART ...] [--budget PART=SECONDS ...] [--dry-run]
-    PYTHONPATH=packages/sb-model/src:packages/sb-muon/src:packages/sb-data/src:packages/sb-train/src:\
-packages/sb-runlog/src python scripts/gpu_check.py          # without uv (the GPU machine)
+    python scripts/gpu_check.py --out DIR     # without uv (a bare GPU machine): it puts packages/*/src on
+                                              # sys.path itself, and .gpu_check_deps/ when it is there
 
 Every part runs in its own process with its own time budget; a part that overruns is killed and reported
 failed, and the next part still runs. Writes ``report.json`` and ``report.md`` to ``--out`` (default
@@ -38,7 +38,10 @@ def src_paths() -> list[str]:
     return sorted(str(p) for p in (ROOT / "packages").glob("*/src") if p.is_dir())
 
 
+# the packages' sources first; .gpu_check_deps (scripts/gpu_check_deps.sh) last, so installed packages win
 sys.path[:0] = [*src_paths(), str(Path(__file__).resolve().parent)]
+if (ROOT / ".gpu_check_deps").is_dir():
+    sys.path.append(str(ROOT / ".gpu_check_deps"))
 
 
 def gpu_test_files() -> list[str]:
@@ -131,7 +134,7 @@ def run_part(name: str, budget: float, out: Path, dry_run: bool) -> dict[str, An
         error = None if ok else part_error or f"exit {rc} (see {log.name})"
     result["seconds"] = round(took, 2)
     if rc is None:
-        result.update(status="failed", error=f"over its budget of {budget:.1f} s: killed (see {log.name})")
+        result.update(status="failed", error=f"over its budget of {budget:g} s: killed (see {log.name})")
     else:
         result["status"] = "ok" if ok else "failed"
         if error:

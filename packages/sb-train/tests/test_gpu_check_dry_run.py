@@ -53,14 +53,14 @@ def test_dry_run_writes_a_report_of_every_part(tmp_path: Path) -> None:
 
 def test_a_part_over_its_budget_fails_the_check_and_the_next_part_still_runs(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    proc = run_check(["--dry-run", "--out", str(out), "--only", "train", "loader", "--budget", "train=0.5"],
+    proc = run_check(["--dry-run", "--out", str(out), "--only", "train", "loader", "--budget", "train=0.01"],
                      launcher=True)
     assert proc.returncode == 1, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     train, loader = report["parts"]["train"], report["parts"]["loader"]
-    assert train["status"] == "failed" and "over its budget of 0.5 s" in train["error"]
-    assert train["seconds"] < 10  # killed, not waited for
-    assert loader["status"] == "ok"
+    assert train["status"] == "failed" and "over its budget of 0.01 s" in train["error"], train
+    assert train["seconds"] < 10, train  # killed, not waited for
+    assert loader["status"] == "ok", (loader, (out / "loader.log").read_text())
     assert report["ok"] is False
     assert "FAILED" in (out / "report.md").read_text()
 
