@@ -39,7 +39,9 @@ FAILED = (OSError, DatabaseBusyError, QueryTimeout, LogFormatError, WandbReadErr
 
 
 def debug_requested(argv_debug: bool = False) -> bool:
-    return argv_debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+    """``--debug`` was given, or ``SB_DEBUG`` is set to something other than empty/0/false/no (the same rule
+    as sb-train's and sb-data's CLIs)."""
+    return argv_debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def describe(err: BaseException) -> str:
