@@ -14,10 +14,11 @@ digest differs. docs/design/training.md (checkpoints and resume).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from sb_runlog import config_hash
 
 __all__ = ["HashingWriter", "file_sha256", "meta_digest"]
 
@@ -61,6 +62,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def meta_digest(meta: Mapping[str, Any]) -> str:
-    """sha256 of meta.json's content without its ``meta_sha256`` key (compact JSON, sorted keys)."""
+    """sha256 (hex) of meta.json's content without its ``meta_sha256`` key, hashed as the run-log format
+    hashes a config (compact JSON, sorted keys)."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return config_hash(body).removeprefix("sha256:")
