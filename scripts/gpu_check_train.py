@@ -17,9 +17,10 @@ import torch
 
 from sb_model import GPT
 from sb_model.parameter_counts import parameter_counts
+from sb_train.config import micro_tokens
 from sb_train.config_loading import load_config
 from sb_train.optimizer import build_optimizer
-from sb_train.param_groups import MUON_GROUPS
+from sb_train.trainer import set_model_schedule, set_optimizer_schedule
 
 # dense bf16 tensor-core peak per device name fragment (vendor data sheets, SXM parts, no sparsity)
 PEAK_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
@@ -78,7 +79,7 @@ def run(dry_run: bool, steps: int | None = None, warmup: int | None = None, accu
     cfg = load_config(preset, overrides=[f"run.device={device.type!r}"])
     steps = steps or (3 if dry_run else 30)
     warmup = warmup if warmup is not None else (1 if dry_run else 5)
-    micro = cfg.data.micro_tokens or cfg.data.tokens_per_rank // cfg.data.grad_accum_steps
+    micro = micro_tokens(cfg.data, cfg.model.block_size)
     mcfg = cfg.model
     torch.manual_seed(0)
     model = GPT(mcfg, device=device)
@@ -94,19 +95,10 @@ def run(dry_run: bool, steps: int | None = None, warmup: int | None = None, accu
     step = max(all_live, sched.num_iterations // 2)
     v = sched.at(step, num_experts=mcfg.bank.num_experts, max_window_tokens=mcfg.max_window_tokens,
                  block_size=mcfg.block_size)
-    model.set_window_blocks(v.window_blocks)
+    set_model_schedule(model, v)
     if model.bank is not None:
-        rs = model.routing_schedule
-        rs.set_(temperature=v.temperature, logit_cap=v.logit_cap, gumbel=v.gumbel,
-                active_experts=v.active_experts, router_frozen=v.router_frozen,
-                adapters_frozen=v.adapters_frozen)
-        model.bank.maybe_init_adapters(rs.active_mask)
-    if v.head_untied:
-        model.untie_lm_head()
-    for g in opt.param_groups:
-        g["lr"] = g["initial_lr"] * v.lr_for(g["name"])
-        if g["name"] in MUON_GROUPS:
-            g["momentum"] = v.momentum
+        model.bank.maybe_init_adapters(model.routing_schedule.active_mask)
+    set_optimizer_schedule(opt, v)
 
     vocab = mcfg.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(1)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sb_model import RoutingReport
+from sb_model import GPT, RoutingReport
 from sb_train.callbacks import TrainerCallback
 from sb_train.config import TrainConfig
 from sb_train.distributed import DistEnv, barrier
@@ -96,24 +96,14 @@ class Trainer:
         v = self.cfg.schedule.at(step, num_experts=mcfg.bank.num_experts,
                                  max_window_tokens=mcfg.max_window_tokens, block_size=mcfg.block_size,
                                  evaluation=evaluation)
-        model.set_window_blocks(v.window_blocks)
-        if model.bank is not None:
-            schedule = model.routing_schedule
-            schedule.set_(temperature=v.temperature, logit_cap=v.logit_cap, gumbel=v.gumbel,
-                          active_experts=v.active_experts, router_frozen=v.router_frozen,
-                          adapters_frozen=v.adapters_frozen)
-            if v.active_experts != self._live_experts:  # lazy adapter init when experts first go live
-                model.bank.maybe_init_adapters(schedule.active_mask)
-                self._live_experts = v.active_experts
-        if v.head_untied:
-            model.untie_lm_head()
+        set_model_schedule(model, v)
+        if model.bank is not None and v.active_experts != self._live_experts:
+            model.bank.maybe_init_adapters(model.routing_schedule.active_mask)  # lazy, when experts go live
+            self._live_experts = v.active_experts
         if not evaluation:
             self.progress.routing = {"temperature": v.temperature, "logit_cap": v.logit_cap,
                                      "active_experts": v.active_experts, "window_blocks": v.window_blocks}
-            for g in self.opt.param_groups:
-                g["lr"] = g["initial_lr"] * v.lr_for(g["name"])
-                if g["name"] in MUON_GROUPS:
-                    g["momentum"] = v.momentum
+            set_optimizer_schedule(self.opt, v)
         return v
 
     def _freeze_block_stack(self, frozen: bool) -> None:
@@ -385,3 +375,23 @@ def _elapsed_ms(t0: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) * 1000.0
+
+
+def set_model_schedule(model: GPT, v: StepValues) -> None:
+    """Hand one step's schedule values to the model: the attention window and the routing tensors (no
+    recompile: the same tensors get new values), and the head untying once the schedule reaches it."""
+    model.set_window_blocks(v.window_blocks)
+    if model.bank is not None:
+        model.routing_schedule.set_(temperature=v.temperature, logit_cap=v.logit_cap, gumbel=v.gumbel,
+                                    active_experts=v.active_experts, router_frozen=v.router_frozen,
+                                    adapters_frozen=v.adapters_frozen)
+    if v.head_untied:
+        model.untie_lm_head()
+
+
+def set_optimizer_schedule(opt: torch.optim.Optimizer, v: StepValues) -> None:
+    """Hand one step's learning rates (every group, Muon's included) and Muon momentum to the optimizer."""
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * v.lr_for(g["name"])
+        if g["name"] in MUON_GROUPS:
+            g["momentum"] = v.momentum
