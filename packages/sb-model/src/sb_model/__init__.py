@@ -6,6 +6,7 @@ The public face is small; everything else is imported from its module (``sb_mode
 from sb_model.bank.bank import SharedExpertBank
 from sb_model.bank.config import BankConfig
 from sb_model.bank.metrics import RouterMetrics, RoutingReport
+from sb_model.bank.trace import LayerChoices, RoutingTrace
 from sb_model.generation import generate
 from sb_model.gpt import GPT, GPTOutput
 from sb_model.gpt_config import GPTConfig
@@ -18,9 +19,11 @@ __all__ = [
     "BankConfig",
     "GPTConfig",
     "GPTOutput",
+    "LayerChoices",
     "RouterMetrics",
     "RoutingReport",
     "RoutingSchedule",
+    "RoutingTrace",
     "SharedExpertBank",
     "generate",
 ]

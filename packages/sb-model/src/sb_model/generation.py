@@ -14,6 +14,7 @@ from sb_model.attention_masks import decode_masks
 from sb_model.bank.bank import SharedExpertBank
 from sb_model.bank.features import document_starts
 from sb_model.bank.router import RoutingContext, ema_features, ema_group
+from sb_model.bank.trace import RoutingTrace
 
 
 class RouterFeatureHistory:
@@ -85,9 +86,12 @@ def new_decode_state(model, batch: int, max_len: int) -> DecodeState:
 
 
 @torch.no_grad()
-def decode(model, new_tokens: Tensor, state: DecodeState) -> Tensor:
+def decode(
+    model, new_tokens: Tensor, state: DecodeState, routing_trace: RoutingTrace | None = None
+) -> Tensor:
     """Run the new positions ``new_tokens`` (B, n) against the cached past; returns their logits
-    (B, n, vocab_size). Uses the explicit-mask SDPA path (the masks are rectangular)."""
+    (B, n, vocab_size). Uses the explicit-mask SDPA path (the masks are rectangular). A ``routing_trace``
+    gets the new positions' choices appended to what it holds."""
     cfg = model.config
     offset = state.length
     tokens = torch.cat([state.tokens, new_tokens.to(state.tokens.dtype)], dim=1)
@@ -96,7 +100,7 @@ def decode(model, new_tokens: Tensor, state: DecodeState) -> Tensor:
     if state.features is not None:
         state.features.doc_start = document_starts(tokens, cfg.eod_token_id)
     flags = model.router_flags(tokens)[:, offset:]
-    x, _ = model.run_blocks(new_tokens, masks, flags, state.layers)
+    x, _ = model.run_blocks(new_tokens, masks, flags, state.layers, trace=routing_trace)
     return model.head(x)[..., : cfg.vocab_size]
 
 

@@ -22,6 +22,7 @@ from sb_model.attention import CausalSelfAttention
 from sb_model.attention_masks import AttentionMasks, sequence_masks, use_flex_attention
 from sb_model.bank.bank import SharedExpertBank, layer_boosts
 from sb_model.bank.router import router_flags
+from sb_model.bank.trace import RoutingTrace
 from sb_model.block import Block, DenseFFN
 from sb_model.functional import init_linear_, rms_norm
 from sb_model.generation import DecodeState, LayerCache
@@ -149,15 +150,17 @@ class GPT(nn.Module):
         *,
         return_logits: bool | None = None,
         attention: str | None = None,
+        routing_trace: RoutingTrace | None = None,
     ) -> GPTOutput:
         """idx: (B, T) or (T,) token ids; targets: same shape (ignore_index -100). Returns a
         :class:`GPTOutput`.
 
         ``return_logits`` defaults to True without targets and False with them (the loss alone avoids handing
-        back a (B, T, vocab) tensor). ``attention`` overrides the config's backend for this call."""
+        back a (B, T, vocab) tensor). ``attention`` overrides the config's backend for this call. A
+        ``routing_trace`` receives every bank layer's per-token choices (:mod:`sb_model.bank.trace`)."""
         tokens = as_token_batch(idx)
         masks = self.attention_masks(tokens, attention)
-        x, aux = self.run_blocks(tokens, masks, self.router_flags(tokens))
+        x, aux = self.run_blocks(tokens, masks, self.router_flags(tokens), trace=routing_trace)
         logits = self.head(x)
         ce = loss = None
         if targets is not None:
@@ -179,14 +182,21 @@ class GPT(nn.Module):
         return router_flags(self.config.bank, tokens, self.embed.weight.dtype)
 
     def run_blocks(
-        self, tokens: Tensor, masks: AttentionMasks, flags: Tensor, caches: list[LayerCache] | None = None
+        self,
+        tokens: Tensor,
+        masks: AttentionMasks,
+        flags: Tensor,
+        caches: list[LayerCache] | None = None,
+        trace: RoutingTrace | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Embed ``tokens`` and run every block: (final normed residual (B, T, d), Σ aux loss ()).
-        ``caches`` (one per layer) only when decoding."""
+        ``caches`` (one per layer) only when decoding; ``trace`` records the routing when given."""
         L = self.config.num_layers
         x0 = rms_norm(self.embed(tokens))
         x = x0
         ctx = self.bank.context(flags, self.routing_schedule) if self.bank is not None else None
+        if ctx is not None:
+            ctx.trace = trace
         tables = [ve(tokens) for ve in self.value_embeds]
         sc = self.scalars
         aux = torch.zeros((), device=tokens.device, dtype=torch.float32)
@@ -225,9 +235,12 @@ class GPT(nn.Module):
         """Empty caches for decoding up to ``max_len`` positions per row (see :mod:`sb_model.generation`)."""
         return generation.new_decode_state(self, batch, max_len)
 
-    def decode(self, new_tokens: Tensor, state: DecodeState) -> Tensor:
-        """Logits (B, n, vocab_size) of the new positions ``new_tokens`` (B, n) against the cached past."""
-        return generation.decode(self, as_token_batch(new_tokens), state)
+    def decode(
+        self, new_tokens: Tensor, state: DecodeState, routing_trace: RoutingTrace | None = None
+    ) -> Tensor:
+        """Logits (B, n, vocab_size) of the new positions ``new_tokens`` (B, n) against the cached past;
+        ``routing_trace`` (optional) receives the new positions' routing."""
+        return generation.decode(self, as_token_batch(new_tokens), state, routing_trace)
 
     def generate(
         self,

@@ -10,5 +10,6 @@
 ``experts.py``      the expert FFNs on dispatched rows (grouped_mm, blocked bmm, CPU expert-parallel)
 ``aux_losses.py``   load-balance, entropy, Switch and z losses
 ``metrics.py``      on-device routing statistics, read with one host copy
+``trace.py``        :class:`RoutingTrace`, each layer's per-token choices when a caller asks for them
 ==================  ==========================================================================================
 """

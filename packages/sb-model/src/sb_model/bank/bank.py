@@ -148,6 +148,10 @@ class SharedExpertBank(nn.Module):
         y = expert_outputs(impl, align, x.reshape(N, d), disp, bijection, gate, self.w1, self.w2, scale, bias)
         y = y.view(B, T, d).to(x.dtype)
 
+        if ctx.trace is not None:
+            ctx.trace.record(
+                layer_idx, r.topk_idx.view(B, T, k), gate.view(B, T, k), disp.served.view(B, T, k)
+            )
         aux, z = layer_aux_loss(cfg, r, disp.demanded_counts, layer_idx, ctx.schedule)
         if cfg.collect_metrics:
             scalars, vectors = call_statistics(

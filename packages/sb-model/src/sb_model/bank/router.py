@@ -25,6 +25,7 @@ from sb_model.bank.features import (
     reference_forward_ema,
     reverse_snapshot_plan,
 )
+from sb_model.bank.trace import RoutingTrace
 from sb_model.schedule_tensors import RoutingSchedule
 
 
@@ -47,6 +48,7 @@ class RoutingContext:
     # group -> (forward EMA, reverse feature); a reverse snapshot kept as a row plan is None here
     ema_cache: dict[int, tuple[Tensor | None, Tensor | None]] = field(default_factory=dict)
     rev_plans: dict[int, ReversePlan] = field(default_factory=dict)
+    trace: RoutingTrace | None = None  # when set, each layer records its choices here (bank/trace.py)
 
     def ema_features(self, group: int) -> tuple[Tensor | None, Tensor | None]:
         """(forward EMA, reverse feature) of EMA group ``group`` as (B, T, d) tensors, (None, None) before
