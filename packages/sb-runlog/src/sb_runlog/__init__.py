@@ -3,7 +3,7 @@
 File names and segments (:mod:`.layout`), the declared columns (:mod:`.columns`), the header rules
 (:mod:`.header_check`), the one writer (:class:`RunLogWriter` on :mod:`.csv_table`, :mod:`.csv_fields`,
 :mod:`.json_files`, :mod:`.run_header`, :mod:`.status`), the W&B names (:mod:`.wandb_names`) and the
-router-health thresholds (:mod:`.health_thresholds`).
+router-health thresholds (:mod:`.health_thresholds`); the sweep manifest (:mod:`.sweep_manifest`).
 """
 
 from .columns import (
@@ -25,6 +25,16 @@ from .json_files import read_json_object, utc_now, write_json_atomic
 from .layout import FORMAT_NAME, FORMAT_VERSION, RUN_FILE, STATUS_FILE, segment_files, segment_name
 from .run_header import config_hash, new_run_header, read_run_header
 from .status import STATES, read_status, write_status
+from .sweep_manifest import (
+    SWEEP_FILE,
+    SWEEPS_DIR,
+    find_sweep,
+    list_sweeps,
+    read_sweep_manifest,
+    run_dir_of,
+    sweep_dir,
+    write_sweep_manifest,
+)
 from .writer import RunLogWriter
 
 __version__ = "0.1.0"
@@ -39,6 +49,8 @@ __all__ = [
     "SCALARS",
     "STATES",
     "STATUS_FILE",
+    "SWEEPS_DIR",
+    "SWEEP_FILE",
     "TABLES",
     "ColumnType",
     "CsvAppender",
@@ -54,18 +66,24 @@ __all__ = [
     "expert_column",
     "expert_columns",
     "expert_counts",
+    "find_sweep",
     "format_value",
+    "list_sweeps",
     "new_run_header",
     "open_table",
     "read_header",
     "read_json_object",
     "read_run_header",
     "read_status",
+    "read_sweep_manifest",
+    "run_dir_of",
     "segment_files",
     "segment_name",
+    "sweep_dir",
     "typed_row",
     "typed_value",
     "utc_now",
     "write_json_atomic",
     "write_status",
+    "write_sweep_manifest",
 ]

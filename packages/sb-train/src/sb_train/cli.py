@@ -6,8 +6,10 @@
     sb-train --preset record --print-config                  # the resolved configuration as TOML
     sb-train --preset tiny --resume auto                     # continue the newest run of this preset
     sb-train sample runs/<run-id> --prompt "def "            # text from the newest checkpoint of a run
+    sb-train sweep --preset tiny --vary model.ffn=bank,dense --seeds 3   # variants x seeds (sb_train.sweep)
 
-``sample`` as the first argument runs :mod:`sb_train.sample`; anything else trains. Errors and exit codes:
+``sample`` as the first argument runs :mod:`sb_train.sample`, ``sweep`` runs :mod:`sb_train.sweep`; anything
+else trains. Errors and exit codes:
 :mod:`sb_train.cli_errors`.
 """
 
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a SwitchBank GPT (one shared bank of FFN experts routed from every layer).",
         epilog="Presets: " + ", ".join(preset_names()) + ". Keys: see --print-config; set any with "
         "--set section.key=value (sections: model, data, optim, schedule, run). "
-        "Generate text from a run: sb-train sample RUN_OR_CHECKPOINT --prompt TEXT (see sb-train sample -h).",
+        "Generate text from a run: sb-train sample RUN_OR_CHECKPOINT --prompt TEXT (see sb-train sample -h). "
+        "Variants x seeds: sb-train sweep (see sb-train sweep -h).",
     )
     p.add_argument("--preset", default="tiny", help="configuration preset (default: tiny)")
     p.add_argument("--config", action="append", default=[], metavar="FILE.toml",
@@ -76,6 +79,10 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Iterable[TrainerCallba
         from sb_train.sample import main as sample_main
 
         return sample_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from sb_train.sweep import main as sweep_main
+
+        return sweep_main(argv[1:], callbacks=callbacks)
     return run_cli("sb-train", lambda: _train(argv, callbacks), debug=debug_requested(argv))
 
 
