@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .api import RunDB
 from .cli_errors import DEBUG_ENV, run_guarded
 from .compare import DEFAULT_TARGET_LOSS, side_by_side
+from .compare_cli import add_sweep_arguments, compare_sweep_command
 from .db import DEFAULT_DB
 from .ingest import ingest
 from .shell import run_shell
@@ -80,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the runs with their key figures")
     p.add_argument("--limit", type=int, default=100)
 
-    p = sub.add_parser("compare", help="side-by-side table of runs")
-    p.add_argument("run_ids", nargs="+", metavar="RUN")
+    p = sub.add_parser("compare", help="side-by-side table of runs, or judge a sweep (--sweep)")
+    p.add_argument("run_ids", nargs="*", metavar="RUN")
+    add_sweep_arguments(p)
     p.add_argument(
         "--target",
         type=float,
@@ -127,6 +129,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "ingest":
         return _cmd_ingest(args)
+    if args.command == "compare" and (args.sweep or not args.run_ids):
+        return compare_sweep_command(args)
     with RunDB(args.db) as db:
         if args.command == "sql":
             frame = db.sql(args.query)
