@@ -21,13 +21,15 @@ def probability(text: str) -> float:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", metavar="ID_OR_DIR",
-                   help="judge a sweep of sb-train sweep: its folder (runs/sweeps/<id>) or its id; ingests its "
-                   "runs into --db first")
-    p.add_argument("--runs", metavar="DIR", help="with a sweep id: the folder of its run folders (default: runs)")
-    p.add_argument("--baseline", metavar="VARIANT", help="the variant the others are paired with (default: the "
-                   "sweep's first variant)")
+                   help="judge a sweep of sb-train sweep: its folder (runs/sweeps/<id>) or its id; ingests "
+                   "its runs into --db first")
+    p.add_argument("--runs", metavar="DIR",
+                   help="with a sweep id: the folder of its run folders (default: runs)")
+    p.add_argument("--baseline", metavar="VARIANT", help="the variant the others are paired with (default: "
+                   "the sweep's first variant)")
     p.add_argument("--alpha", type=probability, default=DEFAULT_ALPHA,
-                   help=f"significance level of the paired t-test (default {DEFAULT_ALPHA}: the speedrun bar)")
+                   help=f"significance level of the paired t-test (default {DEFAULT_ALPHA}: the speedrun "
+                   "bar)")
     p.add_argument("--confidence", type=probability, default=0.95,
                    help="level of the confidence intervals (default 0.95)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output of --sweep (default: table)")

@@ -18,9 +18,11 @@ from .table import print_frame
 FORMATS = ("table", "csv", "json")
 
 
-def run_compare_sweep(sweep: str, db: str | Path, *, runs_root: str | None = None, baseline: str | None = None,
-                      alpha: float, confidence: float, fmt: str = "table", out: TextIO = sys.stdout) -> int:
+def run_compare_sweep(sweep: str, db: str | Path, *, runs_root: str | None = None,
+                      baseline: str | None = None, alpha: float, confidence: float, fmt: str = "table",
+                      out: TextIO | None = None) -> int:
     """The command: 0 when something could be judged, 1 when no run of the sweep has finished."""
+    out = sys.stdout if out is None else out
     folder = find_sweep(sweep, [runs_root or "runs"])
     manifest = read_sweep_manifest(folder)
     present = [run_dir_of(folder, r["run_id"]) for r in manifest["runs"]]
@@ -30,7 +32,8 @@ def run_compare_sweep(sweep: str, db: str | Path, *, runs_root: str | None = Non
         report = ingest(present, db)
         failures = [f"ingest of {path}: {message}" for path, message in report.failures]
     with RunDB(db) as handle:
-        result = compare_sweep(handle.connection, folder, baseline=baseline, alpha=alpha, confidence=confidence)
+        result = compare_sweep(handle.connection, folder, baseline=baseline, alpha=alpha,
+                               confidence=confidence)
     result.notes[:0] = failures
     if fmt == "json":
         json.dump(result.to_json(), out, indent=2)
@@ -49,8 +52,8 @@ def print_table(result: SweepComparison, out: TextIO) -> None:
     """The human view: the variants, then the paired differences, then the notes."""
     level = f"{result.confidence:.0%}"
     t = result.table
-    print(f"sweep {result.sweep_id} ({result.folder}), preset {result.preset!r}: final val loss, mean ± {level} "
-          "CI (Student t) over seeds", file=out)
+    print(f"sweep {result.sweep_id} ({result.folder}), preset {result.preset!r}: final val loss, mean ± "
+          f"{level} CI (Student t) over seeds", file=out)
     variants = t.select(
         "variant",
         pl.format("{}/{}", "n", "planned").alias("runs"),

@@ -139,7 +139,8 @@ def paired_test(baseline: Sequence[float], variant: Sequence[float], confidence:
     """Paired t-test of ``variant[i] − baseline[i]`` (the same seed i) against 0; t and p are None for fewer
     than two pairs. Identical differences (zero spread) give p = 1 when they are 0, else p = 0."""
     if len(baseline) != len(variant):
-        raise ValueError(f"paired_test needs pairs: {len(baseline)} baseline vs {len(variant)} variant values")
+        raise ValueError(f"paired_test needs pairs: {len(baseline)} baseline vs {len(variant)} variant "
+                         "values")
     diffs = [v - b for b, v in zip(baseline, variant, strict=True)]
     ci = mean_ci(diffs, confidence)
     if ci.n < 2 or ci.std is None:

@@ -88,8 +88,8 @@ def compare_sweep(con: duckdb.DuckDBPyConnection, folder: str | Path, *, baselin
     variants = [str(v["name"]) for v in manifest["variants"]]
     base = baseline or variants[0]
     if base not in variants:
-        raise KeyError(f"--baseline {base!r} is not a variant of sweep {manifest['sweep_id']!r}; its variants: "
-                       f"{', '.join(variants)}")
+        raise KeyError(f"--baseline {base!r} is not a variant of sweep {manifest['sweep_id']!r}; its "
+                       f"variants: {', '.join(variants)}")
     runs = sweep_run_table(con, folder, manifest)
     notes = [_missing_note(row) for row in runs.filter(~pl.col("usable")).iter_rows(named=True)]
     by_variant = {v: runs.filter((pl.col("variant") == v) & pl.col("usable")) for v in variants}
