@@ -18,7 +18,7 @@ import streamlit as st
 from . import data
 from .config import ENV_DB, ENV_RUNS, ConfigError, Settings, parse_settings, script_args
 from .context import FOCUS_KEY, Context, Focus
-from .pages import domains, health, losses, routing, runs, sql
+from .pages import domains, health, losses, routing, runs, sql, sweep
 
 PAGES: dict[str, Callable[[Context], None]] = {
     "Runs": runs.render,
@@ -26,6 +26,7 @@ PAGES: dict[str, Callable[[Context], None]] = {
     "Routing": routing.render,
     "Health": health.render,
     "Domains": domains.render,
+    "Sweep": sweep.render,
     "SQL": sql.render,
 }
 LOGGER = logging.getLogger("router_explorer")

@@ -314,3 +314,44 @@ def tables(version: DbVersion) -> pl.DataFrame:
             "SELECT table_name AS name, table_type AS kind FROM information_schema.tables "
             "WHERE table_schema = 'main' ORDER BY table_type, table_name"
         )
+
+
+# --- sweeps -----------------------------------------------------------------------------------------
+
+
+def sweep_folders(version: DbVersion, roots: tuple[str, ...]) -> list[Path]:
+    """Sweep folders (``<runs>/sweeps/<id>/sweep.json``, docs/log-format.md §11) under the --runs folders and
+    next to the run folders the database was ingested from."""
+    from sb_runlog import list_sweeps
+
+    with _db(version) as db:
+        paths = db.sql("SELECT DISTINCT path FROM runs WHERE source = 'csv'")["path"].to_list()
+    parents = {str(Path(p).parent) for p in paths if p}
+    return list_sweeps([*roots, *sorted(parents)])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sweep_comparison(version: DbVersion, folder: str, baseline: str | None, alpha: float):
+    """sb-analysis's judgement of the sweep (compare_sweep) from the runs in the database."""
+    from sb_analysis.compare_sweep import compare_sweep
+
+    with _db(version) as db:
+        return compare_sweep(db.connection, Path(folder), baseline=baseline, alpha=alpha)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sweep_curves(version: DbVersion, run_variant: tuple[tuple[str, str, int], ...],
+                 value: str) -> pl.DataFrame:
+    """One row per (variant, seed, step) of ``value`` ("val_loss" or "loss") for the sweep's runs."""
+    if value not in ("val_loss", "loss"):
+        raise ValueError(f"value must be val_loss or loss, not {value!r}")
+    ids = [r for r, _, _ in run_variant]
+    with _db(version) as db:
+        frame = db.sql(f"SELECT run_id, step, {value} FROM steps "
+                       f"WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND {value} IS NOT NULL "
+                       "ORDER BY run_id, step", [ids])
+    mapping = pl.DataFrame({"run_id": ids, "variant": [v for _, v, _ in run_variant],
+                            "seed": [s for _, _, s in run_variant]}, schema={"run_id": pl.String,
+                                                                              "variant": pl.String,
+                                                                              "seed": pl.Int64})
+    return frame.join(mapping, on="run_id")

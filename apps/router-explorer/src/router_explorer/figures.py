@@ -267,3 +267,52 @@ def specialization_lines(frame: pl.DataFrame) -> go.Figure:
         height=340, margin=_MARGIN,
     )
     return fig
+
+
+SWEEP_BANDS = {"minmax": "min–max over seeds", "ci": "95% CI of the mean (Student t)"}
+
+
+def sweep_band_frame(curves: pl.DataFrame, value: str = "val_loss") -> pl.DataFrame:
+    """Per (variant, step): n seeds, mean, min, max and the 95% CI half-width (null for one seed) of
+    ``value``; ``curves`` has one row per (variant, seed, step)."""
+    from sb_analysis.compare_stats import t_ppf
+
+    stats = (
+        curves.filter(pl.col(value).is_not_null() & pl.col(value).is_finite())
+        .group_by(["variant", "step"], maintain_order=True)
+        .agg(pl.len().alias("n"), pl.col(value).mean().alias("mean"), pl.col(value).min().alias("min"),
+             pl.col(value).max().alias("max"), pl.col(value).std().alias("std"))
+        .sort(["variant", "step"])
+    )
+    t = {n: t_ppf(0.975, n - 1) for n in set(stats["n"].to_list()) if n >= 2}
+    half = [None if n < 2 or s is None else t[n] * s / n**0.5
+            for n, s in stats.select("n", "std").iter_rows()]
+    return stats.with_columns(pl.Series("ci", half, dtype=pl.Float64))
+
+
+def sweep_figure(bands: pl.DataFrame, variants: Sequence[str], band: str = "minmax",
+                 y_title: str = "val loss") -> go.Figure:
+    """One mean line per variant with a shaded band (min–max over seeds, or the mean's 95% CI)."""
+    if band not in SWEEP_BANDS:
+        raise ValueError(f"band must be one of {', '.join(SWEEP_BANDS)}, not {band!r}")
+    fig = go.Figure()
+    for i, variant in enumerate(variants):
+        part = bands.filter(pl.col("variant") == variant)
+        if part.is_empty():
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        if band == "minmax":
+            low, high = part["min"], part["max"]
+        else:
+            low, high = part["mean"] - part["ci"].fill_null(0.0), part["mean"] + part["ci"].fill_null(0.0)
+        steps = part["step"].to_list()
+        fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high.to_list() + low.to_list()[::-1], fill="toself",
+                                 fillcolor=color, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+                                 name=f"{variant} band", legendgroup=variant, showlegend=False))
+        fig.add_trace(go.Scatter(x=steps, y=part["mean"].to_list(), mode="lines+markers", name=variant,
+                                 legendgroup=variant, line={"color": color},
+                                 customdata=part["n"].to_list(),
+                                 hovertemplate="step %{x}<br>mean %{y:.4f}<br>%{customdata} seed(s)"))
+    fig.update_layout(margin=_MARGIN, xaxis_title="step",
+                      yaxis_title=f"{y_title} (mean, {SWEEP_BANDS[band]})", legend_title_text="variant")
+    return fig
