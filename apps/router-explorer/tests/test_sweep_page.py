@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from router_explorer.serving import PAGE_SCRIPT
 from sb_analysis import ingest
 from sb_analysis.compare_sample import write_synthetic_sweep
-from router_explorer.serving import PAGE_SCRIPT
 
 TIMEOUT_S = 60.0
 
