@@ -6,9 +6,10 @@
     sb-train --preset record --print-config                  # the resolved configuration as TOML
     sb-train --preset tiny --resume auto                     # continue the newest run of this preset
     sb-train sample runs/<run-id> --prompt "def "            # text from the newest checkpoint of a run
+    sb-train serve runs/<run-id>                             # an OpenAI-compatible server on 127.0.0.1:8000
 
-``sample`` as the first argument runs :mod:`sb_train.sample`; anything else trains. Errors and exit codes:
-:mod:`sb_train.cli_errors`.
+``sample`` as the first argument runs :mod:`sb_train.sample`, ``serve`` :mod:`sb_train.serve.cli`; anything
+else trains. Errors and exit codes: :mod:`sb_train.cli_errors`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Iterable[TrainerCallba
         from sb_train.sample import main as sample_main
 
         return sample_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from sb_train.serve.cli import main as serve_main
+
+        return serve_main(argv[1:])
     return run_cli("sb-train", lambda: _train(argv, callbacks), debug=debug_requested(argv))
 
 
