@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-import uvicorn  # noqa: E402
-from train_helpers import only_run_dir, smoke_config  # noqa: E402
+import uvicorn
+from train_helpers import only_run_dir, smoke_config
 
-from sb_train.serve.app import build_app  # noqa: E402
-from sb_train.serve.served_model import ServedModel, load_served_model  # noqa: E402
+from sb_train.serve.app import build_app
+from sb_train.serve.served_model import ServedModel, load_served_model
 
 
 @pytest.fixture(scope="session")
