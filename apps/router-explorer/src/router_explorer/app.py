@@ -18,7 +18,7 @@ import streamlit as st
 from . import data
 from .config import ENV_DB, ENV_RUNS, ConfigError, Settings, parse_settings, script_args
 from .context import FOCUS_KEY, Context, Focus
-from .pages import domains, health, losses, routing, runs, sql, sweep
+from .pages import domains, health, losses, routing, runs, sql, sweep, tokens
 
 PAGES: dict[str, Callable[[Context], None]] = {
     "Runs": runs.render,
@@ -28,6 +28,7 @@ PAGES: dict[str, Callable[[Context], None]] = {
     "Domains": domains.render,
     "Sweep": sweep.render,
     "SQL": sql.render,
+    "Tokens": tokens.render,
 }
 LOGGER = logging.getLogger("router_explorer")
 FRIENDLY_ERROR = ("This page could not be drawn. The details are in the server log (the terminal that "

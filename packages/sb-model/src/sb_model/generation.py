@@ -172,3 +172,65 @@ def generate(
     finally:
         model.train(was_training)
     return tokens[0] if squeeze else tokens
+
+
+# ---------------------------------------------------------------------------------------------- batch rows
+def select_rows(state: DecodeState, rows: Tensor | list[int]) -> DecodeState:
+    """A state holding only ``rows`` of ``state``, in that order (a server drops finished requests' rows and
+    their caches with it). The caches are copied: the old state's memory is freed when it is dropped."""
+    index = torch.as_tensor(rows, dtype=torch.long, device=state.tokens.device)
+    features = None
+    if state.features is not None:
+        features = RouterFeatureHistory()
+        features.inputs = {g: h.index_select(0, index) for g, h in state.features.inputs.items()}
+        if state.features.doc_start is not None:
+            features.doc_start = state.features.doc_start.index_select(0, index)
+    layers = []
+    for layer in state.layers:
+        kv = None
+        if layer.kv is not None:
+            kv = KVCache.__new__(KVCache)
+            kv.k, kv.v = layer.kv.k.index_select(0, index), layer.kv.v.index_select(0, index)
+            kv.length = layer.kv.length
+        layers.append(LayerCache(kv, features if layer.features is not None else None))
+    return DecodeState(layers, state.tokens.index_select(0, index), features)
+
+
+def concat_rows(states: list[DecodeState]) -> DecodeState:
+    """One state whose rows are those of ``states`` in order. All must have decoded the same number of
+    positions; the key/value capacity is the largest of theirs."""
+    if not states:
+        raise ValueError("concat_rows needs at least one state")
+    lengths = {s.length for s in states}
+    if len(lengths) != 1:
+        raise ValueError(f"rows join only at the same decoded length (got lengths {sorted(lengths)})")
+    if len(states) == 1:
+        return states[0]
+    first = states[0]
+    features = None
+    if first.features is not None:
+        features = RouterFeatureHistory()
+        features.inputs = {
+            g: torch.cat([s.features.inputs[g] for s in states if s.features is not None])
+            for g in first.features.inputs
+        }
+        if first.features.doc_start is not None:
+            features.doc_start = torch.cat([s.features.doc_start for s in states if s.features is not None])
+    layers = []
+    for i, layer in enumerate(first.layers):
+        kv = None
+        if layer.kv is not None:
+            caches = [s.layers[i].kv for s in states]
+            capacity = max(c.k.shape[2] for c in caches)
+            kv = KVCache.__new__(KVCache)
+            kv.k = torch.cat([_with_capacity(c.k, capacity) for c in caches])
+            kv.v = torch.cat([_with_capacity(c.v, capacity) for c in caches])
+            kv.length = layer.kv.length
+        layers.append(LayerCache(kv, features if layer.features is not None else None))
+    return DecodeState(layers, torch.cat([s.tokens for s in states]), features)
+
+
+def _with_capacity(cache: Tensor, capacity: int) -> Tensor:
+    """(B, H, max_len, D) cache grown with zeros to ``capacity`` positions."""
+    extra = capacity - cache.shape[2]
+    return cache if extra == 0 else torch.nn.functional.pad(cache, (0, 0, 0, extra))

@@ -7,10 +7,10 @@
     sb-train --preset tiny --resume auto                     # continue the newest run of this preset
     sb-train sample runs/<run-id> --prompt "def "            # text from the newest checkpoint of a run
     sb-train sweep --preset tiny --vary model.ffn=bank,dense --seeds 3   # variants x seeds (sb_train.sweep)
+    sb-train serve runs/<run-id>                             # an OpenAI-compatible server on 127.0.0.1:8000
 
-``sample`` as the first argument runs :mod:`sb_train.sample`, ``sweep`` runs :mod:`sb_train.sweep`; anything
-else trains. Errors and exit codes:
-:mod:`sb_train.cli_errors`.
+``sample`` as the first argument runs :mod:`sb_train.sample`, ``sweep`` :mod:`sb_train.sweep`, ``serve``
+:mod:`sb_train.serve.cli`; anything else trains. Errors and exit codes: :mod:`sb_train.cli_errors`.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None, *, callbacks: Iterable[TrainerCallba
         from sb_train.sweep import main as sweep_main
 
         return sweep_main(argv[1:], callbacks=callbacks)
+    if argv[:1] == ["serve"]:
+        from sb_train.serve.cli import main as serve_main
+
+        return serve_main(argv[1:])
     return run_cli("sb-train", lambda: _train(argv, callbacks), debug=debug_requested(argv))
 
 
