@@ -91,6 +91,10 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[i
 
 def _grouped(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     assert _GROUPED_MM is not None
+    if a.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # autocast has no rule for grouped_mm (it would run fp32 under bf16 autocast, unlike the bmm path)
+        dtype = torch.get_autocast_dtype("cuda")
+        a, w = a.to(dtype), w.to(dtype)
     return _GROUPED_MM(a, w.transpose(-2, -1), offs=offs)
 
 
