@@ -140,7 +140,7 @@ def test_build_parts_applies_the_plan_it_is_given(smoke_data, tmp_path, monkeypa
         model_cfg = parts.model.config
         assert model_cfg.attention == odd.attention
         assert (model_cfg.bank.expert_impl, model_cfg.bank.group_align) == ("blocked_bmm", 32)
-        assert cfg.model.bank.expert_impl == "auto"  # the configured value: what run.json and checkpoints keep
+        assert cfg.model.bank.expert_impl == "auto"  # configured value: what run.json and checkpoints keep
         assert isinstance(parts.forward, torch._dynamo.eval_frame.OptimizedModule)
         assert parts.reducer.bucket_bytes == 12345
         assert parts.loader.pin_memory and all(v._loader.pin_memory for v in parts.val_loaders.values())
