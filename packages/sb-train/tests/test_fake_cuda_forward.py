@@ -146,8 +146,9 @@ def _record_plan(capability: tuple[int, int]) -> tuple[DevicePlan, object]:
 def test_record_forward_on_fake_cuda(capability, monkeypatch):
     """The training forward of the record model at its real size and micro-batch, every expert live, as the
     plan builds it: loss on cuda in fp32, every matrix product in bf16, no host sync, no device mix-up.
-    About 4 s of CPU per forward (a fake forward costs its op count, not its FLOPs). Before sb-model cast grouped_mm's operands itself, the sm_90 variant failed here:
-    autocast has no rule for grouped_mm, so the expert FFNs ran in fp32."""
+    About 4 s of CPU per forward (a fake forward costs its op count, not its FLOPs). Before sb-model cast
+    grouped_mm's operands itself, the sm_90 variant failed here: autocast has no rule for grouped_mm, so
+    the expert FFNs ran in fp32."""
     plan, cfg = _record_plan(capability)
     assert plan.autocast_dtype == torch.bfloat16
     assert plan.expert_impl == ("grouped_mm" if capability >= (9, 0) else "blocked_bmm")
