@@ -10,10 +10,10 @@ off on CPU anyway) and the data (synthetic GPT-2-range token ids written by the 
 Run A trains steps 0 and 1 (checkpoints after each); run B resumes A's step-0 checkpoint and trains step 1
 again: its step-1 training loss and step-2 validation loss equal run A's bit for bit.
 
-Measured on 2 CPU cores (x86_64 Xeon with AVX512-BF16, torch 2.15, a machine shared with other jobs): about
-8.3 minutes of wall time (step 0 ~2 min, step 1 ~1.3 min per run; two launches), peak resident memory 6.7 GiB
-per rank and 14.6 GiB for the whole process tree (pytest, torchrun, both ranks); each checkpoint is 2.8 GB on
-disk, and the test deletes its runs folder when it ends.
+Measured on 2 CPU cores (x86_64 Xeon with AVX512-BF16, torch 2.15, a machine shared with other jobs), two
+runs: 6.7 and 8.3 minutes of wall time (two launches; step 0 takes ~2 min, step 1 ~1 min), peak resident
+memory 6.7 GiB per rank and 14.6 GiB for the whole process tree (pytest, torchrun, both ranks); each
+checkpoint is 2.8 GB on disk, and the test deletes its runs folder when it ends.
 """
 
 from __future__ import annotations
