@@ -1,15 +1,15 @@
 """gpu_check part "train": timed training steps of the record-1gpu model on synthetic tokens, with MFU.
 
 The step mirrors the trainer's (sb_train.trainer.Trainer.train_step, docs/design/training.md): schedule
-values of one step written into the model and optimizer groups, bf16 autocast and ``torch.compile`` on CUDA,
-forward + backward of each micro-batch, one ``MuonAdamW.step()``. It leaves out what a single GPU without
+values of one step written into the model and optimizer groups, the trainer's device plan
+(sb_train.device_plan: autocast, compile, attention, experts, Muon dtype), forward + backward of each
+micro-batch, one ``MuonAdamW.step()``. It leaves out what a single GPU without
 data does not need: the data loader (random tokens instead: the GPU machine has no FineWeb shards), the
 gradient all-reduce (one process), router AutoClip and the logging host copies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -19,6 +19,7 @@ from sb_model import GPT
 from sb_model.parameter_counts import parameter_counts
 from sb_train.config import micro_tokens
 from sb_train.config_loading import load_config
+from sb_train.device_plan import plan_for
 from sb_train.optimizer import build_optimizer
 from sb_train.trainer import set_model_schedule, set_optimizer_schedule
 
@@ -81,13 +82,11 @@ def run(dry_run: bool, steps: int | None = None, warmup: int | None = None, accu
     warmup = warmup if warmup is not None else (1 if dry_run else 5)
     micro = micro_tokens(cfg.data, cfg.model.block_size)
     mcfg = cfg.model
+    plan = plan_for(device, cfg)
     torch.manual_seed(0)
-    model = GPT(mcfg, device=device)
-    opt = build_optimizer(model, cfg.optim, seed=0)
-    use_compile = device.type == "cuda"
-    forward = torch.compile(model, dynamic=False) if use_compile else model
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    model = GPT(plan.model_config(mcfg), device=device)
+    opt = build_optimizer(model, cfg.optim, seed=0, compute_dtype=plan.muon_compute_dtype)
+    forward = plan.compiled(model)
 
     # one step's schedule values, with every expert live (the trainer's apply_schedule)
     sched = cfg.schedule
@@ -113,7 +112,7 @@ def run(dry_run: bool, steps: int | None = None, warmup: int | None = None, accu
         loss_sum = torch.zeros((), device=device)
         for j in range(accum):
             inputs, targets = batches[(i * accum + j) % len(batches)]
-            with autocast:
+            with plan.autocast():
                 out = forward(inputs, targets)
             (out.loss / accum).backward()
             loss_sum += out.loss.detach().float()
@@ -157,8 +156,7 @@ def run(dry_run: bool, steps: int | None = None, warmup: int | None = None, accu
         "schedule_step": step,
         "window_tokens_long": window_tokens,
         "active_experts": v.active_experts,
-        "compiled": use_compile,
-        "autocast": "bf16" if device.type == "cuda" else "off",
+        "device_plan": plan.to_dict(),
         "warmup_steps": warmup,
         "warmup_s": round(warm_s, 2),
         "timed_steps": steps,

@@ -33,6 +33,12 @@ Mode = Literal["contiguous", "aligned"]
 STATE_FORMAT = "sb-data-loader/1"
 
 
+def default_pin_memory(device: torch.device) -> bool:
+    """Whether batches for ``device`` are staged in pinned memory (and so copied non-blocking) by default:
+    on CUDA."""
+    return device.type == "cuda"
+
+
 def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Fill missing rank/world size from an initialised torch.distributed group, else 0/1."""
     if rank is None or world_size is None:
@@ -96,7 +102,7 @@ class DistributedTokenLoader:
         self.mode: Mode = mode
         self.max_seq_len = max_seq_len
         self.device = torch.device(device)
-        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.pin_memory = default_pin_memory(self.device) if pin_memory is None else pin_memory
         self.shards = ShardSet(
             files,
             vocab_size=vocab_size,
@@ -320,6 +326,7 @@ __all__ = [
     "DistributedTokenLoader",
     "LoadedShard",
     "Mode",
+    "default_pin_memory",
     "default_rank_world",
     "segment_positions",
     "transfer_and_widen",

@@ -35,6 +35,7 @@ class ValidationLoader:
         device: str | torch.device = "cpu",
         vocab_size: int | None = None,
         eot_id: int | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
         rank, world_size = default_rank_world(rank, world_size)
         global_batch = world_size * tokens_per_rank
@@ -56,6 +57,7 @@ class ValidationLoader:
             vocab_size=vocab_size,
             eot_id=eot_id,
             prefetch=False,
+            pin_memory=pin_memory,
         )
         available = self._loader.shards.total_tokens
         if mode == "contiguous" and num_tokens + 1 > available:

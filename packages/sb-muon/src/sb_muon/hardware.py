@@ -127,10 +127,13 @@ def _hardware_choice(device_type: str, index: int | None) -> ComputeChoice:
     return ComputeChoice(torch.float32, f"{device_type}: fp32 (no rule for this device type)")
 
 
-def compute_choice(device: torch.device | str) -> ComputeChoice:
-    """The default compute dtype for `device` and why: the env override, else the cached hardware decision."""
+def compute_choice(device: torch.device | str, capability: tuple[int, int] | None = None) -> ComputeChoice:
+    """The default compute dtype for `device` and why: the env override, else the cached hardware decision;
+    ``capability`` states a CUDA device's compute capability instead of asking the device."""
     device = torch.device(device)
     override = env_override()
     if override is not None:
         return ComputeChoice(override, f"set by {ENV_VAR}")
+    if device.type == "cuda" and capability is not None:
+        return choose_cuda_dtype(capability)
     return _hardware_choice(device.type, device.index)

@@ -80,8 +80,10 @@ def _auto_prepared(folder: Path, prefix: str) -> bool:
 
 
 def train_loader(
-    data: DataConfig, env: DistEnv, micro_tokens: int, vocab_size: int
+    data: DataConfig, env: DistEnv, micro_tokens: int, vocab_size: int, *, pin_memory: bool | None = None
 ) -> DistributedTokenLoader:
+    """The training stream; ``pin_memory`` (the device plan's) stages batches in pinned memory, which also
+    makes their copies non-blocking (None: sb-data's default for the device)."""
     return DistributedTokenLoader(
         data.train_files,
         micro_tokens,
@@ -90,11 +92,12 @@ def train_loader(
         mode=data.loader_mode,
         device=env.device,
         vocab_size=vocab_size,
+        pin_memory=pin_memory,
     )
 
 
 def validation_loader(
-    data: DataConfig, env: DistEnv, steps: int, vocab_size: int
+    data: DataConfig, env: DistEnv, steps: int, vocab_size: int, *, pin_memory: bool | None = None
 ) -> ValidationLoader:
     """``steps`` forwards of ``val_seq_len`` tokens per rank, always the first tokens of the val shards."""
     return ValidationLoader(
@@ -105,4 +108,5 @@ def validation_loader(
         world_size=env.world_size,
         device=env.device,
         vocab_size=vocab_size,
+        pin_memory=pin_memory,
     )

@@ -37,10 +37,25 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup_distributed(device: str = "auto") -> DistEnv:
-    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (a single process needs none of them) and start the
-    process group: NCCL on CUDA, gloo on CPU. An existing process group is reused."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+#: the gradient all-reduce's bucket limit (fp32 bytes per flat bucket), on every backend
+GRAD_BUCKET_BYTES = 32 * 2**20
+
+
+def collective_backend(device: torch.device) -> str:
+    """The process-group backend for ranks on ``device``: NCCL on CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def launch_world_size() -> int:
+    """The number of processes this launch has (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    if dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """run.device as a torch device: "auto" is cuda:<LOCAL_RANK> when CUDA is available, else cpu; a CUDA
+    device without an index gets the local rank's. A CUDA device this machine lacks is a RunError."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if device == "auto":
@@ -51,11 +66,23 @@ def setup_distributed(device: str = "auto") -> DistEnv:
             dev = torch.device(f"cuda:{local_rank}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RunError(f"run.device={device!r} but this machine has no usable CUDA GPU (torch.cuda."
+            raise RunError(f"run.device={str(device)!r} but this machine has no usable CUDA GPU (torch.cuda."
                            "is_available() is False); use --set run.device=cpu (or run.device=auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RunError(f"run.device={device!r} names GPU {dev.index} but this machine has "
+            raise RunError(f"run.device={str(device)!r} names GPU {dev.index} but this machine has "
                            f"{torch.cuda.device_count()} (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def setup_distributed(device: str | torch.device = "auto", *, backend: str | None = None) -> DistEnv:
+    """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK (a single process needs none of them) and start the
+    process group with ``backend`` (default: :func:`collective_backend`; NCCL is bound to the device). An
+    existing process group is reused."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT"):
@@ -64,8 +91,8 @@ def setup_distributed(device: str = "auto") -> DistEnv:
                     f"WORLD_SIZE={world} but {var} is not set; start with "
                     "`torchrun --nproc_per_node=N -m sb_train.cli ...` (or `torchrun ... $(which sb-train)`)"
                 )
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        backend = backend or collective_backend(dev)
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -93,18 +120,20 @@ def broadcast_parameters(model: nn.Module) -> None:
 
 
 class GradReducer:
-    """Averages the gradients of ``params`` over ranks in buckets of at most ``bucket_mb`` MiB.
+    """Averages the gradients of ``params`` over ranks in flat fp32 buckets of at most ``bucket_bytes``
+    (a single larger parameter gets a bucket of its own).
 
     ``launch()`` starts the asynchronous all-reduces (right after the last backward); ``finish()`` waits,
     divides by the world size and writes the results back into ``.grad``. With one process both are no-ops.
     """
 
-    def __init__(self, params: list[nn.Parameter], world_size: int, bucket_mb: float = 32.0) -> None:
+    def __init__(self, params: list[nn.Parameter], world_size: int,
+                 bucket_bytes: int = GRAD_BUCKET_BYTES) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.world_size = world_size
         self._pending: list[tuple[list[int], Tensor, dist.Work]] = []
         self._buckets: list[list[int]] = []
-        limit = int(bucket_mb * 2**20)
+        self.bucket_bytes = limit = bucket_bytes
         current: list[int] = []
         size = 0
         for i, p in enumerate(self.params):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sb_muon import MuonAdamW, default_compute_dtype
+from sb_muon import MuonAdamW, compute_choice
 from sb_train.config import OptimConfig
 from sb_train.param_groups import (
     ADAM_GROUPS,
@@ -29,17 +29,20 @@ from sb_train.param_groups import (
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def muon_compute_dtype(cfg: OptimConfig, device_type: str) -> torch.dtype:
-    """The dtype of the Muon products on a device of this type: the configured one, or on "auto" sb-muon's
-    default for the device."""
+def muon_compute_dtype(cfg: OptimConfig, device: str | torch.device,
+                       capability: tuple[int, int] | None = None) -> torch.dtype:
+    """The dtype of the Muon products on ``device``: the configured one, or on "auto" sb-muon's default for
+    the device (``capability``: a CUDA device's compute capability, stated instead of asked)."""
     if cfg.muon_compute_dtype in _DTYPES:
         return _DTYPES[cfg.muon_compute_dtype]
-    return default_compute_dtype(torch.device(device_type))
+    return compute_choice(torch.device(device), capability).dtype
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> MuonAdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0,
+                    compute_dtype: torch.dtype | None = None) -> MuonAdamW:
     """Every trainable parameter in exactly one group (checked), groups in the reference's order; ``seed``
-    seeds the power iteration's random start (with each parameter's index and step count)."""
+    seeds the power iteration's random start (with each parameter's index and step count). The trainer
+    passes its device plan's ``compute_dtype`` (:mod:`sb_train.device_plan`); None follows the config."""
     named: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in (*ADAM_GROUPS, *MUON_GROUPS)}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -72,7 +75,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> MuonAd
         nesterov=cfg.muon_nesterov,
         ns_steps=cfg.muon_ns_steps,
         method=cfg.muon_method,
-        compute_dtype=_DTYPES.get(cfg.muon_compute_dtype),  # None ("auto"): sb-muon decides per device
+        # None ("auto" and no plan): sb-muon decides per device
+        compute_dtype=compute_dtype if compute_dtype is not None else _DTYPES.get(cfg.muon_compute_dtype),
         power_iter_start=cfg.muon_power_iter_start,
         power_iter_seed=seed,
         nonfinite="ignore",  # the trainer checks the loss instead (no extra host sync per step)

@@ -1,6 +1,8 @@
 """Building a run before its first step: checks, run directory, data, model, optimizer, clip and logs.
 
-:func:`build_parts` does every set-up job once and returns a :class:`TrainParts`, the plain bundle the loop
+:func:`build_parts` does every set-up job once, applying the run's device plan (:mod:`sb_train.device_plan`:
+autocast, compile, attention, experts, collectives, buckets, pinned memory, Muon dtype), and returns a
+:class:`TrainParts`, the plain bundle the loop
 (:mod:`sb_train.trainer`) works with; :func:`open_logs` opens the CSV/W&B log and the console printer once the
 starting step is known (after a resume).
 """
@@ -30,7 +32,15 @@ from sb_train.code_version import code_version, make_run_id
 from sb_train.config import TrainConfig, micro_tokens, validation_steps
 from sb_train.config_changes import segments_after
 from sb_train.data_setup import ensure_shards, train_loader, validation_loader
-from sb_train.distributed import DistEnv, GradReducer, broadcast_parameters, setup_distributed
+from sb_train.device_plan import DevicePlan, plan_for
+from sb_train.distributed import (
+    DistEnv,
+    GradReducer,
+    broadcast_parameters,
+    launch_world_size,
+    resolve_device,
+    setup_distributed,
+)
 from sb_train.errors import RunError, RunExistsError
 from sb_train.logit_stats import LogitStats
 from sb_train.logs import ProgressPrinter, RunLogger
@@ -46,6 +56,7 @@ class TrainParts:
 
     cfg: TrainConfig
     env: DistEnv
+    plan: DevicePlan  # every device-dependent decision, applied by build_parts
     micro_tokens: int  # tokens of one micro-batch per rank (block-aligned)
     tokens_per_step: int  # over every rank and micro-batch
     stop_step: int  # the step that ends this run: num_iterations or run.early_stop_step
@@ -63,7 +74,6 @@ class TrainParts:
     router_params: list[nn.Parameter]  # what AutoClip clips (empty for a dense model)
     router_clip: RouterClip
     logit_stats: LogitStats
-    autocast: bool  # bf16 autocast of the forward
 
     @property
     def device(self) -> torch.device:
@@ -74,25 +84,27 @@ def build_parts(cfg: TrainConfig, *, resume: str | None = None, env: DistEnv | N
     """Set up a run: distributed environment, batch checks, the checkpoint to resume from (``resume``:
     ``"auto"`` or a run/checkpoint path), run directory, data, model, optimizer, gradient reducer, router
     clip and logit statistics. Ends by seeding this rank's sampling stream (Gumbel noise)."""
-    env = env or setup_distributed(cfg.run.device)
     run = cfg.run
-    if run.threads and env.device.type == "cpu":
-        torch.set_num_threads(run.threads)
+    device = env.device if env is not None else resolve_device(run.device)
+    if run.threads and device.type == "cpu":
+        torch.set_num_threads(run.threads)  # before the plan: the CPU expert kernel's choice counts threads
+    plan = plan_for(device, cfg, world_size=env.world_size if env is not None else launch_world_size())
+    env = env or setup_distributed(device, backend=plan.collective_backend)
     _check_head_untying(cfg)
     micro = _micro_tokens(cfg, env)
     resume_from = _find_resume(cfg, resume, env)
     run_dir, run_id = _run_directory(cfg, resume_from, env)
     run_lock = _lock_run_directory(run_dir, fresh=resume_from is None, env=env)
     try:
-        return _assemble(cfg, env, micro, resume_from, run_dir, run_id, run_lock)
+        return _assemble(cfg, env, plan, micro, resume_from, run_dir, run_id, run_lock)
     except BaseException:
         if run_lock is not None:
             run_lock.release(discard_empty=True)
         raise
 
 
-def _assemble(cfg: TrainConfig, env: DistEnv, micro: int, resume_from: Path | None, run_dir: Path,
-              run_id: str, run_lock: RunLock | None) -> TrainParts:
+def _assemble(cfg: TrainConfig, env: DistEnv, plan: DevicePlan, micro: int, resume_from: Path | None,
+              run_dir: Path, run_id: str, run_lock: RunLock | None) -> TrainParts:
     """The rest of :func:`build_parts`, once the run folder is this process's (its lock is held)."""
     run, mcfg = cfg.run, cfg.model
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep_last=run.keep_last, keep_best=run.keep_best,
@@ -100,20 +112,21 @@ def _assemble(cfg: TrainConfig, env: DistEnv, micro: int, resume_from: Path | No
 
     ensure_shards(cfg.data, env)
     torch.manual_seed(run.seed)
-    model = GPT(mcfg, device=env.device)
+    model = GPT(plan.model_config(mcfg), device=env.device)
     broadcast_parameters(model)
     budgets = {"intermediate": cfg.data.val_tokens_intermediate, "final": cfg.data.val_tokens_final}
     val_loaders = {
         name: validation_loader(cfg.data, env, validation_steps(tokens, cfg.data.val_tokens, env.world_size,
-                                                                cfg.data.val_seq_len), mcfg.vocab_size)
+                                                                cfg.data.val_seq_len), mcfg.vocab_size,
+                                pin_memory=plan.pin_memory)
         for name, tokens in budgets.items() if tokens > 0
     }
     o = cfg.optim
     bank = model.bank
-    use_compile = run.compile == "on" or (run.compile == "auto" and env.device.type == "cuda")
     parts = TrainParts(
         cfg=cfg,
         env=env,
+        plan=plan,
         micro_tokens=micro,
         tokens_per_step=micro * cfg.data.grad_accum_steps * env.world_size,
         stop_step=min(cfg.schedule.num_iterations, run.early_stop_step or cfg.schedule.num_iterations),
@@ -123,17 +136,16 @@ def _assemble(cfg: TrainConfig, env: DistEnv, micro: int, resume_from: Path | No
         resume_from=resume_from,
         checkpoints=checkpoints,
         model=model,
-        forward=torch.compile(model, dynamic=False) if use_compile else model,
-        loader=train_loader(cfg.data, env, micro, mcfg.vocab_size),
+        forward=plan.compiled(model),
+        loader=train_loader(cfg.data, env, micro, mcfg.vocab_size, pin_memory=plan.pin_memory),
         val_loaders=val_loaders,
-        opt=build_optimizer(model, o, seed=run.seed),
-        reducer=GradReducer(list(model.parameters()), env.world_size),
+        opt=build_optimizer(model, o, seed=run.seed, compute_dtype=plan.muon_compute_dtype),
+        reducer=GradReducer(list(model.parameters()), env.world_size, bucket_bytes=plan.grad_bucket_bytes),
         router_params=[bank.router_w, bank.router_b] if bank is not None else [],
         router_clip=RouterClip(window=o.autoclip_window, quantile=o.autoclip_quantile,
                                base_clip=o.router_grad_clip_norm or None, auto=o.router_autoclip,
                                device=env.device),
         logit_stats=LogitStats(device=env.device),
-        autocast=run.autocast == "bf16" or (run.autocast == "auto" and env.device.type == "cuda"),
     )
     # Gumbel noise and any other sampling draw from a per-rank stream (restored exactly on resume)
     torch.manual_seed(run.seed * 1000 + env.rank + 1)
@@ -164,13 +176,14 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
         resumed_from=(None if parts.resume_from is None
                       else {"checkpoint": str(parts.resume_from), "step": resumed_step}),
         extra_header={**code_version(), "config_hash": cfg.hash(),
-                      "segments": _segments(parts, resumed_step)},
+                      "segments": _segments(parts, resumed_step), "device_plan": parts.plan.to_dict()},
         enabled=env.is_main,
     )
     progress = ProgressPrinter(n, parts.tokens_per_step, every=cfg.run.print_every,
                                num_experts=mcfg.bank.num_experts, enabled=env.is_main)
     if env.is_main:
         print(model.format_parameter_counts(), file=sys.stderr)
+        print(f"[sb-train] {parts.plan.describe()}", file=sys.stderr)
     return logger, progress
 
 

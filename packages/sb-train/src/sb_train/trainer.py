@@ -182,9 +182,7 @@ class Trainer:
         return loss
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.parts.autocast:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.parts.plan.autocast()  # the device plan's (sb_train.device_plan)
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self, step: int, values: StepValues) -> dict[str, torch.Tensor]:

@@ -66,9 +66,11 @@ def _cpu_grouped_mm_works(dtype: torch.dtype) -> bool:
         return False
 
 
-def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[int, ...]) -> bool:
+def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[int, ...], *,
+                         capability: tuple[int, int] | None = None, cpu_grouped: bool | None = None) -> bool:
     """True if the grouped-GEMM kernel can run these shapes: a kernel exists for the device/dtype and every
-    inner dimension's row stride is a multiple of 16 bytes (the kernels' alignment rule)."""
+    inner dimension's row stride is a multiple of 16 bytes (the kernels' alignment rule). ``capability``
+    (CUDA) and ``cpu_grouped`` (the CPU probe's answer) state hardware facts instead of asking."""
     if _GROUPED_MM is None or dtype not in _GROUPED_DTYPES:
         return False
     elem = torch.empty((), dtype=dtype).element_size()
@@ -77,14 +79,22 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, dims: tuple[i
     if device.type == "cuda":
         # SM90+ has the fused kernel; on SM80 torch falls back to a loop that syncs with the host, so the
         # sync-free blocked path is used there instead.
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (9, 0)
+        if capability is None:
+            if not torch.cuda.is_available():
+                return False
+            capability = torch.cuda.get_device_capability(device)
+        return capability >= (9, 0)
     if device.type == "cpu":
-        return _CPU_PROBE.get(dtype, False)
+        return _CPU_PROBE.get(dtype, False) if cpu_grouped is None else cpu_grouped
     return False
 
 
 def _grouped(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     assert _GROUPED_MM is not None
+    if a.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # autocast has no rule for grouped_mm (it would run fp32 under bf16 autocast, unlike the bmm path)
+        dtype = torch.get_autocast_dtype("cuda")
+        a, w = a.to(dtype), w.to(dtype)
     return _GROUPED_MM(a, w.transpose(-2, -1), offs=offs)
 
 
@@ -119,27 +129,35 @@ def _cpu_parallel_pays() -> bool:
 
 def choose_expert_impl(config: BankConfig, x: Tensor, weight_dtype: torch.dtype) -> tuple[str, int]:
     """(implementation, rows per group alignment) for input ``x``: "cpu_parallel", "grouped" or "blocked"."""
+    return expert_impl_for(config, x.device, weight_dtype)
+
+
+def expert_impl_for(config: BankConfig, device: torch.device, weight_dtype: torch.dtype, *,
+                    capability: tuple[int, int] | None = None, cpu_parallel_pays: bool | None = None,
+                    cpu_grouped: bool | None = None) -> tuple[str, int]:
+    """:func:`choose_expert_impl` for a device; the keyword facts (see :func:`grouped_mm_supported`; whether
+    the CPU expert kernel pays) replace asking this machine (sb-train's device plan)."""
     if config.expert_impl == "blocked_bmm":
         return "blocked", config.fallback_block_rows
-    on_cpu = x.device.type == "cpu"
+    on_cpu = device.type == "cpu"
     if config.expert_impl == "cpu_parallel" and not on_cpu:
         raise RuntimeError(
-            f"expert_impl='cpu_parallel' runs on CPU tensors only (got {x.device.type}); use "
+            f"expert_impl='cpu_parallel' runs on CPU tensors only (got {device.type}); use "
             "expert_impl='auto'"
         )
-    if config.expert_impl == "cpu_parallel" or (
-        config.expert_impl == "auto" and on_cpu and _cpu_parallel_pays()
-    ):
+    if config.expert_impl == "cpu_parallel" or (config.expert_impl == "auto" and on_cpu and (
+            _cpu_parallel_pays() if cpu_parallel_pays is None else cpu_parallel_pays)):
         return "cpu_parallel", config.group_align or 1
-    ok = grouped_mm_supported(x.device, weight_dtype, (config.model_dim, config.ffn_hidden))
+    ok = grouped_mm_supported(device, weight_dtype, (config.model_dim, config.ffn_hidden),
+                              capability=capability, cpu_grouped=cpu_grouped)
     if config.expert_impl == "grouped_mm" and not ok:
         raise RuntimeError(
-            f"expert_impl='grouped_mm' but grouped_mm cannot run here (device={x.device.type}, "
+            f"expert_impl='grouped_mm' but grouped_mm cannot run here (device={device.type}, "
             f"dtype={weight_dtype}, model_dim={config.model_dim}, ffn_hidden={config.ffn_hidden}; it needs "
             "float32/bfloat16/float16 and 16-byte aligned rows). Use expert_impl='auto' or 'blocked_bmm'."
         )
     if ok:
-        return "grouped", config.group_align or (16 if x.device.type == "cuda" else 1)
+        return "grouped", config.group_align or (16 if device.type == "cuda" else 1)
     return "blocked", config.fallback_block_rows
 
 
