@@ -129,7 +129,7 @@ def test_side_file_that_does_not_match_its_shard_is_an_error(tmp_path):
     with pytest.raises(DomainLabelError, match=rf"written for {size + 1} tokens but the shard holds {size}"):
         ValidationLoader(out / "data_val_*.bin", 64, 16)
     _edit_side(shard, tokens=size, shard="data_val_000004.bin")
-    with pytest.raises(DomainLabelError, match="written for shard 'data_val_000004.bin'.*--overwrite"):
+    with pytest.raises(DomainLabelError, match=r"written for shard 'data_val_000004\.bin'.*--overwrite"):
         read_side_file(shard, size)
     side_file_path(shard).write_text("{not json")
     with pytest.raises(DomainLabelError, match="not a readable domain side file"):

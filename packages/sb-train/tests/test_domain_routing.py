@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from sb_data import ValidationLoader
 from sb_runlog import domain_expert_nmi
 from train_helpers import launch, only_run_dir, smoke_config, smoke_overrides
 
+from sb_data import ValidationLoader
 from sb_train.trainer import Trainer
 
 # two steps; validations at step 0 (one live expert) and step 2 (two live): with top-2, the second choice is
