@@ -12,6 +12,7 @@ from sb_runlog import domain_expert_nmi
 from train_helpers import launch, only_run_dir, smoke_config, smoke_overrides
 
 from sb_data import ValidationLoader
+from sb_train.config import ConfigError
 from sb_train.trainer import Trainer
 
 # two steps; validations at step 0 (one live expert) and step 2 (two live): with top-2, the second choice is
@@ -98,3 +99,19 @@ def test_two_gloo_processes_sum_the_counts_of_both_ranks(smoke_data, tmp_path):
     domain_tokens = _domain_tokens(cfg, world_size=2)
     assert sum(domain_tokens.values()) == 2048
     _check_totals(table, domain_tokens, {0: 1, 2: 2})
+
+
+def test_dense_model_measures_nothing(smoke_data, tmp_path, capsys):
+    cfg = smoke_config(smoke_data, tmp_path, 'model.ffn="dense"', "schedule.num_iterations=1",
+                       "run.val_loss_every=0", "run.checkpoint_every=0", "run.warmup_steps=0")
+    trainer = Trainer(cfg)
+    assert trainer.domains is None
+    assert trainer.run().state == "finished"
+    assert not (only_run_dir(tmp_path) / "domains.csv").exists()
+    assert "domain labels" not in capsys.readouterr().err
+
+
+def test_more_domain_tokens_than_the_validation_data_is_a_config_error(smoke_data, tmp_path):
+    cfg = smoke_config(smoke_data, tmp_path, "data.domain_val_tokens=100000000")
+    with pytest.raises(ConfigError, match=r"data.domain_val_tokens = 100,000,000: .*lower num_tokens"):
+        Trainer(cfg)
