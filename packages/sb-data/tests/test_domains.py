@@ -126,7 +126,8 @@ def test_side_file_that_does_not_match_its_shard_is_an_error(tmp_path):
     shard = out / "data_val_000003.bin"
     size = read_tokens(shard).size
     _edit_side(shard, tokens=size + 1)
-    with pytest.raises(DomainLabelError, match=rf"written for {size + 1:,} tokens but the shard holds {size:,}"):
+    message = rf"written for {size + 1:,} tokens but the shard holds {size:,}"
+    with pytest.raises(DomainLabelError, match=message):
         ValidationLoader(out / "data_val_*.bin", 64, 16)
     _edit_side(shard, tokens=size, shard="data_val_000004.bin")
     with pytest.raises(DomainLabelError, match=r"written for shard 'data_val_000004\.bin'.*--overwrite"):

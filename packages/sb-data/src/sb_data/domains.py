@@ -144,7 +144,9 @@ def read_side_file(shard: str | os.PathLike[str], num_tokens: int) -> ShardDomai
     if record.get("tokens") != num_tokens:
         written = record.get("tokens")
         written = f"{written:,}" if isinstance(written, int) else repr(written)
-        raise DomainLabelError(f"{path}: written for {written} tokens but the shard holds {num_tokens:,}: {fix}")
+        raise DomainLabelError(
+            f"{path}: written for {written} tokens but the shard holds {num_tokens:,}: {fix}"
+        )
     names, runs = record.get("domains"), record.get("runs")
     try:
         names = tuple(check_domain(n, str(path), "domains") for n in names)  # type: ignore[union-attr]
