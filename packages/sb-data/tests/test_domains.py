@@ -12,6 +12,7 @@ from sb_data import (
     DocumentSourceError,
     DomainLabelError,
     ValidationLoader,
+    find_shards,
     prepare,
     read_tokens,
     side_file_path,
@@ -70,6 +71,13 @@ def test_labels_per_token_match_the_documents_across_shard_and_batch_ends(tmp_pa
             np.testing.assert_array_equal(got, _true_labels(x.numpy(), y.numpy(), labels.names))
             seen.update(got.tolist())
     assert seen == {-1, 0, 1}
+
+
+def test_patterns_and_folders_skip_side_files(tmp_path):
+    out, _ = _write_labelled(tmp_path)
+    n = len(list(out.glob("data_val_*.bin")))
+    assert len(find_shards(out / "data_val_*")) == len(find_shards(out)) == n
+    assert ValidationLoader(out / "data_val_*", 64, 16).domain_labels() is not None
 
 
 def test_summary_counts_domain_tokens(tmp_path):
