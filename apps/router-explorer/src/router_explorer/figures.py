@@ -256,14 +256,16 @@ def domain_heatmaps(frame: pl.DataFrame, value: str, domains: Sequence[str]) -> 
 
 
 def specialization_lines(frame: pl.DataFrame) -> go.Figure:
-    """Per-layer domain specialisation I(domain; expert) / H(domain) over the measured steps."""
+    """Per-layer domain specialisation over the measured steps: NMI = I(domain; expert) / min(H(domain),
+    H(expert)) (docs/log-format.md §5)."""
     fig = go.Figure()
     for (layer,), part in frame.group_by(["layer"], maintain_order=True):
         fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["specialization"].to_numpy(),
                                  mode="lines+markers", name=f"layer {layer}"))
     fig.update_layout(
-        title={"text": "domain specialisation: I(domain; expert) / H(domain)"}, xaxis_title="step",
-        yaxis={"title": "specialisation (0 = none, 1 = experts identify the domain)", "range": [0, 1]},
+        title={"text": "domain specialisation: NMI = I(domain; expert) / min(H(domain), H(expert))"},
+        xaxis_title="step",
+        yaxis={"title": "NMI (0 = none, 1 = each expert serves one domain)", "range": [0, 1]},
         height=340, margin=_MARGIN,
     )
     return fig

@@ -1,4 +1,4 @@
-"""Router-health findings in plain language, from the health views.
+"""Router-health findings in plain language, from the health views (and the domain-specialisation line).
 
 Rules are the router-metrics guide's (docs/log-format.md §7). Each rule is evaluated on step windows (per
 layer or per run); consecutive windows that break the same rule are merged into one finding with its step
@@ -28,6 +28,7 @@ from sb_runlog.health_thresholds import (
     entropy_bounds,
 )
 
+from .domain_health import specialisation_finding
 from .views import window_query
 
 SEVERITY_ORDER = {"bad": 0, "warn": 1, "info": 2, "ok": 3}
@@ -361,6 +362,9 @@ def findings(
                 f"{float(final['health_score'][0]):.2f}",
             }
         )
+    specialisation = specialisation_finding(con, run_id)  # informative, so after the "healthy" verdict
+    if specialisation is not None:
+        rows.append(specialisation)
     frame = pl.DataFrame(rows, schema=FINDING_SCHEMA)
     return (
         frame.with_columns(

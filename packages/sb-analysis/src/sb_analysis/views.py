@@ -211,6 +211,8 @@ SELECT run_id, step, layer, domain, expert, tokens,
     tokens / nullif(sum(tokens) OVER (PARTITION BY run_id, step, layer, expert), 0) AS frac_of_expert
 FROM domain_load;
 CREATE OR REPLACE VIEW domain_specialization AS
+-- per (run, step, layer): NMI = I(domain; expert) / min(H(domain), H(expert)), docs/log-format.md §5 (the
+-- definition of sb_runlog.domain_expert_nmi): NULL with fewer than two domains, 0 when H(expert) = 0
 WITH t AS (
     SELECT run_id, step, layer, domain, expert, tokens::DOUBLE AS tokens,
         sum(tokens) OVER (PARTITION BY run_id, step, layer) AS total,
@@ -218,16 +220,24 @@ WITH t AS (
         sum(tokens) OVER (PARTITION BY run_id, step, layer, expert) AS exp_total
     FROM domain_load WHERE tokens > 0
 ), dom AS (
-    SELECT DISTINCT run_id, step, layer, domain, dom_total / total AS p_d FROM t
-), h AS (
-    SELECT run_id, step, layer, -sum(p_d * ln(p_d)) AS domain_entropy FROM dom GROUP BY ALL
+    SELECT DISTINCT run_id, step, layer, domain, dom_total / total AS p FROM t
+), ex AS (
+    SELECT DISTINCT run_id, step, layer, expert, exp_total / total AS p FROM t
+), hd AS (
+    SELECT run_id, step, layer, -sum(p * ln(p)) AS domain_entropy, count(*) AS n_domains FROM dom GROUP BY ALL
+), hx AS (
+    SELECT run_id, step, layer, -sum(p * ln(p)) AS expert_entropy FROM ex GROUP BY ALL
+), mi AS (
+    SELECT run_id, step, layer,
+        sum((tokens / total) * ln(tokens * total / (dom_total * exp_total))) AS mutual_info
+    FROM t GROUP BY ALL
 )
-SELECT t.run_id, t.step, t.layer,
-    sum((tokens / total) * ln(tokens * total / (dom_total * exp_total))) AS mutual_info,
-    sum((tokens / total) * ln(tokens * total / (dom_total * exp_total)))
-        / nullif(any_value(h.domain_entropy), 0) AS specialization
-FROM t JOIN h USING (run_id, step, layer)
-GROUP BY t.run_id, t.step, t.layer
+SELECT run_id, step, layer, mutual_info, domain_entropy, expert_entropy,
+    CASE WHEN n_domains < 2 THEN NULL
+         WHEN least(domain_entropy, expert_entropy) <= 0 THEN 0.0
+         ELSE greatest(0.0, least(1.0, mutual_info / least(domain_entropy, expert_entropy)))
+    END AS specialization
+FROM mi JOIN hd USING (run_id, step, layer) JOIN hx USING (run_id, step, layer)
 """
 
 

@@ -7,6 +7,7 @@
 """
 
 from sb_data._version import __version__
+from sb_data.domains import DomainLabelError, ShardDomains, read_side_file, side_file_path
 from sb_data.download import DownloadError, DownloadResult, download, download_file
 from sb_data.format import (
     MAGIC,
@@ -31,21 +32,24 @@ from sb_data.tokenizers import (
     TokenizerUnavailableError,
     get_tokenizer,
 )
-from sb_data.validation import ValidationLoader
+from sb_data.validation import BatchDomains, ValidationLoader
 
 __all__ = [
     "MAGIC",
     "VERSION_UINT16",
     "VERSION_UINT32",
+    "BatchDomains",
     "ByteTokenizer",
     "DistributedTokenLoader",
     "DocumentEncodingError",
     "DocumentSourceError",
+    "DomainLabelError",
     "DownloadError",
     "DownloadResult",
     "LoaderStats",
     "PrepareOptionError",
     "PrepareSummary",
+    "ShardDomains",
     "ShardFormatError",
     "ShardHeader",
     "ShardReport",
@@ -61,6 +65,8 @@ __all__ = [
     "inspect_shard",
     "prepare",
     "read_header",
+    "read_side_file",
     "read_tokens",
+    "side_file_path",
     "write_shard",
 ]

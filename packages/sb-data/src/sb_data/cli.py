@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-docs", type=int, help="send the first N documents to validation instead")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation choice (default 0)")
     p.add_argument("--text-field", default="text", help="JSON field / Parquet column holding the text")
+    p.add_argument(
+        "--domain-field", default="domain", help="JSON field holding a document's domain label (optional)"
+    )
     p.add_argument("--prefix", default="data", help="shard name prefix (default 'data')")
     p.add_argument("--workers", type=_positive_int, help="encoding threads (default: all cores)")
     p.add_argument(
@@ -112,6 +115,7 @@ def _prepare(args: argparse.Namespace) -> int:
         val_docs=args.val_docs,
         seed=args.seed,
         text_field=args.text_field,
+        domain_field=args.domain_field,
         prefix=args.prefix,
         workers=args.workers,
         header_version=args.header_version,

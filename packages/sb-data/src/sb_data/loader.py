@@ -119,6 +119,7 @@ class DistributedTokenLoader:
         self.step = 0
         self._docs_hint = 0
         self._cache_key: tuple | None = None
+        self._sources: list[tuple[int, np.ndarray]] | None = None  # filled by next_host_batch_with_sources
         self.shards.prefetch(self.shards.file_at(0, 0))
 
     def set_batch_shape(self, tokens_per_rank: int | None = None, max_seq_len: int | None = None) -> None:
@@ -230,6 +231,22 @@ class DistributedTokenLoader:
             self.shards.prefetch(following)
         return inputs, targets
 
+    def next_host_batch_with_sources(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]]]:
+        """:meth:`next_host_batch` plus where each input came from: ``(file index, token positions)`` pieces,
+        in input order (used to look up per-token domain labels, :mod:`sb_data.domains`)."""
+        self._sources = []
+        try:
+            inputs, targets = self.next_host_batch()
+            pieces, self._sources = self._sources, None
+        finally:
+            self._sources = None
+        out, left = [], inputs.size  # contiguous mode read one more token than it returns as inputs
+        for file_index, positions in pieces:
+            if left > 0:
+                out.append((file_index, positions[:left]))
+                left -= min(left, positions.size)
+        return inputs, targets, out
+
     def _read(self, cursor: Cursor, n: int, used: set[int]) -> np.ndarray:
         """``n`` consecutive stream tokens from ``cursor`` (a view when they lie in one shard)."""
         parts = []
@@ -242,6 +259,8 @@ class DistributedTokenLoader:
             if take > 0:
                 parts.append(tokens[pos : pos + take])
                 n -= take
+                if self._sources is not None:
+                    self._sources.append((file_index, np.arange(pos, pos + take, dtype=np.int64)))
             epoch, shard = self.shards.next_shard(epoch, shard)
             pos = 0
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -295,6 +314,8 @@ class DistributedTokenLoader:
             tokens = self.shards.get(file_index).tokens
             pos = segment_positions(starts[lo:hi], seg[lo:hi])
             np.take(tokens, pos, out=inputs[out : out + pos.size])
+            if self._sources is not None:
+                self._sources.append((file_index, pos.copy()))
             pos += 1
             np.take(tokens, pos, out=targets[out : out + pos.size])
             out += pos.size

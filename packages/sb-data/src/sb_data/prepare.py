@@ -8,6 +8,8 @@ last of each split; a document may continue from one shard into the next, as in 
 Every shard is written atomically, and the summary file is written last, so an interrupted or failed run
 (a full disk, say) never leaves a half shard that looks whole, and a finished run is recognisable by its
 summary. The prefix and the output folder are checked before any input is read (:mod:`sb_data.output_checks`).
+A shard holding documents with a domain label gets a side file of document -> domain, written just before
+the shard (:mod:`sb_data.domains`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sb_data.atomic import atomic_write
+from sb_data.domains import SIDE_SUFFIX, RunRecorder, write_side_file
 from sb_data.format import TOKEN_DTYPES, choose_version, write_shard
 from sb_data.output_checks import PrepareOptionError, check_output_folder, check_prefix, probe_writable
 from sb_data.sources import Document, DocumentSourceError, expand_inputs, read_documents, total_input_bytes
@@ -101,6 +104,8 @@ class SplitShardWriter:
         self.paths: list[Path] = []
         self.documents = 0
         self.tokens = 0
+        self.runs = RunRecorder()
+        self.domain_tokens: dict[str, int] = {}
 
     def _append(self, ids: np.ndarray) -> None:
         start = 0
@@ -112,7 +117,10 @@ class SplitShardWriter:
             if self.fill == self.buffer.size:
                 self.flush()
 
-    def add_document(self, ids: np.ndarray) -> None:
+    def add_document(self, ids: np.ndarray, domain: str | None = None) -> None:
+        self.runs.document(self.fill, domain)
+        if domain is not None:
+            self.domain_tokens[domain] = self.domain_tokens.get(domain, 0) + ids.size + 1
         self._append(np.array([self.eot_id], dtype=self.buffer.dtype))
         self._append(ids)
         self.documents += 1
@@ -122,6 +130,9 @@ class SplitShardWriter:
         if self.fill == 0:
             return
         path = self.out_dir / shard_name(self.prefix, self.split, len(self.paths))
+        if self.runs.labelled():  # the side file first: a shard on disk never lacks the labels it has
+            write_side_file(path, self.fill, self.runs.runs)
+        self.runs.next_shard()
         write_shard(
             path,
             self.buffer[: self.fill],
@@ -144,6 +155,8 @@ class PrepareSummary:
     documents: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)
+    domain_tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per split, tokens of each domain label (documents without a label are not counted)."""
     empty_documents_skipped: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -164,6 +177,10 @@ class PrepareSummary:
             f"(up to {self.shard_size:,} tokens each)",
             f"time:      {self.seconds:.1f} s, {self.tokens_per_second:,.0f} tokens/s",
         ]
+        for split, counts in self.domain_tokens.items():
+            if counts:
+                named = ", ".join(f"{d} {n:,}" for d, n in sorted(counts.items()))
+                lines.append(f"domains:   {split}: {named}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -194,7 +211,8 @@ def _encode_chunk(tokenizer: Tokenizer, chunk: list[Document]) -> list[np.ndarra
 
 
 def _existing_outputs(out_dir: Path, prefix: str) -> list[Path]:
-    found = [p for split in SPLITS for p in out_dir.glob(f"{prefix}_{split}_*.bin")]
+    patterns = [f"{prefix}_{split}_*{ext}" for split in SPLITS for ext in (".bin", SIDE_SUFFIX)]
+    found = [p for pattern in patterns for p in out_dir.glob(pattern)]
     summary = out_dir / summary_name(prefix)
     return sorted(found) + ([summary] if summary.exists() else [])
 
@@ -210,6 +228,7 @@ def prepare(
     val_docs: int | None = None,
     seed: int = 0,
     text_field: str = "text",
+    domain_field: str = "domain",
     prefix: str = "data",
     workers: int | None = None,
     header_version: int | None = None,
@@ -220,7 +239,8 @@ def prepare(
 
     ``val_docs`` (when given, it wins over ``val_fraction``) sends the first N documents to validation,
     like the speedrun's first shard; otherwise a ``val_fraction`` of documents, chosen by a seeded hash
-    of their index, goes there.
+    of their index, goes there. A JSON Lines record's ``domain_field`` (optional) labels its document
+    (docs/design/data.md, Domain side files).
     ``workers`` threads encode in parallel (default: every core). ``progress=None`` shows the bar on
     a terminal only. A refused ``prefix``, ``out_dir``, ``shard_size`` or header version raises
     :class:`PrepareOptionError` before anything is read or written.
@@ -272,7 +292,8 @@ def prepare(
     )
     try:
         _tokenize_into(
-            writers, summary, files, tok, rule, workers=workers, text_field=text_field, progress=progress
+            writers, summary, files, tok, rule, workers=workers, text_field=text_field,
+            domain_field=domain_field, progress=progress,
         )
         _finish(summary, writers, rule, out, prefix, start)
     except Exception as exc:
@@ -295,12 +316,14 @@ def _tokenize_into(
     *,
     workers: int | None,
     text_field: str,
+    domain_field: str,
     progress: bool | None,
 ) -> None:
     """Encode every document of ``files`` on a thread pool and hand the ids, in input order, to the
     split's writer; the last, short shard of each split is flushed too."""
     n_workers = max(1, workers or available_cores())
-    documents = (doc for path in files for doc in read_documents(path, text_field=text_field))
+    fields = {"text_field": text_field, "domain_field": domain_field}
+    documents = (doc for path in files for doc in read_documents(path, **fields))
     bar = tqdm(
         total=total_input_bytes(files),
         unit="B",
@@ -320,7 +343,7 @@ def _tokenize_into(
                     summary.empty_documents_skipped += 1
                 else:
                     split = "val" if rule.is_val(doc_index) else "train"
-                    writers[split].add_document(ids)
+                    writers[split].add_document(ids, doc.domain)
                     doc_index += 1
                 bar.update(doc.input_bytes)
             bar.set_postfix(tokens=f"{writers['train'].tokens + writers['val'].tokens:,}", refresh=False)
@@ -354,6 +377,7 @@ def _finish(
         summary.documents[split] = writer.documents
         summary.tokens[split] = writer.tokens
         summary.shards[split] = [str(p) for p in writer.paths]
+        summary.domain_tokens[split] = dict(sorted(writer.domain_tokens.items()))
     wants_val = rule.docs > 0 if rule.docs is not None else rule.fraction > 0
     if summary.documents["val"] == 0 and wants_val:
         summary.warnings.append("no document went to validation; raise --val-fraction or use --val-docs")

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sb_data.domains import SIDE_SUFFIX
 from sb_data.format import ShardHeader, read_header, read_tokens
 from sb_data.sources import GLOB_CHARS
 
@@ -31,7 +32,8 @@ ShardFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 def find_shards(files: ShardFiles) -> list[Path]:
     """Resolve a glob pattern, a folder (its ``*.bin``), a file, or a list of these, to shard paths.
 
-    Patterns and folders are sorted; a list keeps its order.
+    Patterns and folders are sorted; a list keeps its order. A pattern skips domain side files
+    (``*.domains.json``, :mod:`sb_data.domains`).
     """
     items = [files] if isinstance(files, str | os.PathLike) else list(files)
     paths: list[Path] = []
@@ -42,7 +44,11 @@ def find_shards(files: ShardFiles) -> list[Path]:
         elif path.is_file():
             found = [path]
         elif GLOB_CHARS & set(str(item)):
-            found = [Path(p) for p in sorted(glob.glob(str(item), recursive=True)) if Path(p).is_file()]
+            found = [
+                Path(p)
+                for p in sorted(glob.glob(str(item), recursive=True))
+                if Path(p).is_file() and not p.endswith(SIDE_SUFFIX)  # a shard's domain labels, not a shard
+            ]
         else:
             found = []
         if not found and path.is_dir():

@@ -1,7 +1,8 @@
 """Input discovery and document reading for the writer: text files, JSON Lines and Parquet.
 
-One text file is one document; one JSON Lines record is one document (its text field); one Parquet row
-is one document (its text column). ``.gz`` text and JSON Lines files are decompressed on the fly.
+One text file is one document; one JSON Lines record is one document (its text field, and an optional
+domain label in its ``domain`` field: :mod:`sb_data.domains`); one Parquet row is one document (its text
+column). ``.gz`` text and JSON Lines files are decompressed on the fly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from sb_data.domains import DomainLabelError, check_domain
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -29,6 +32,8 @@ class Document:
     """Where the document came from, for error messages (``file``, ``file:line`` or ``file row N``)."""
     input_bytes: int
     """Bytes of input consumed by this document (drives the progress bar)."""
+    domain: str | None = None
+    """The document's domain label (JSON Lines ``domain`` field), None when it has none."""
 
 
 def input_kind(path: Path) -> str:
@@ -99,7 +104,7 @@ def _read_text(path: Path) -> Iterator[Document]:
     yield Document(text, str(path), path.stat().st_size)
 
 
-def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
+def _read_jsonl(path: Path, field: str, domain_field: str) -> Iterator[Document]:
     compressed = path.name.lower().endswith(".gz")
     with _open_binary(path) as f:
         raw = f.fileobj if compressed else None  # progress counts bytes of the file on disk
@@ -132,7 +137,11 @@ def _read_jsonl(path: Path, field: str) -> Iterator[Document]:
                 raise DocumentSourceError(
                     f"{path}:{lineno}: field {field!r} holds {type(text).__name__}, not a string"
                 )
-            yield Document(text, f"{path}:{lineno}", step)
+            try:
+                domain = check_domain(record.get(domain_field), f"{path}:{lineno}", domain_field)
+            except DomainLabelError as exc:
+                raise DocumentSourceError(str(exc)) from None
+            yield Document(text, f"{path}:{lineno}", step, domain)
 
 
 def _read_parquet(path: Path, column: str, batch_rows: int = 2048) -> Iterator[Document]:
@@ -161,11 +170,13 @@ def _read_parquet(path: Path, column: str, batch_rows: int = 2048) -> Iterator[D
             yield Document(value or "", f"{path} row {row - 1}", size // total_rows)
 
 
-def read_documents(path: Path, *, text_field: str = "text") -> Iterator[Document]:
+def read_documents(
+    path: Path, *, text_field: str = "text", domain_field: str = "domain"
+) -> Iterator[Document]:
     """Documents of one input file (see the module docstring for what a document is)."""
     kind = input_kind(path)
     if kind == "jsonl":
-        return _read_jsonl(path, text_field)
+        return _read_jsonl(path, text_field, domain_field)
     if kind == "parquet":
         return _read_parquet(path, text_field)
     return _read_text(path)

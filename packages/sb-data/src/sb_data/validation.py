@@ -1,18 +1,32 @@
 """The validation stream: the first ``num_tokens`` tokens of the validation shards, split across ranks.
 
 The batches are read once, kept in host memory (only this rank's share), and replayed on every pass,
-so each validation sees exactly the same tokens on every run and never touches the disk again.
+so each validation sees exactly the same tokens on every run and never touches the disk again. When the
+shards carry domain labels (:mod:`sb_data.domains`), :meth:`ValidationLoader.domain_labels` gives the label
+of every token of every batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sb_data.domains import DomainTable
 from sb_data.loader import DistributedTokenLoader, Mode, default_rank_world
 from sb_data.shards import Cursor, ShardFiles
+
+
+@dataclass(frozen=True)
+class BatchDomains:
+    """The domain label of every input token of a :class:`ValidationLoader`'s batches."""
+
+    names: tuple[str, ...]
+    """The label names; a label is an index into them."""
+    labels: list[np.ndarray]
+    """Per batch, int16 labels of the inputs (same length); -1 = a document without a label."""
 
 
 class ValidationLoader:
@@ -66,11 +80,28 @@ class ValidationLoader:
                 f"shards hold {available:,}; lower num_tokens"
             )
         self._batches: list[tuple[np.ndarray, np.ndarray]] | None = None
+        shards = self._loader.shards
+        self._domains = DomainTable(shards.paths, shards.sizes.tolist(), shards.eot_id)
+        self._labels: list[np.ndarray] = []
+
+    def domain_labels(self) -> BatchDomains | None:
+        """Each batch's per-token domain labels, or None when no validation shard has a side file."""
+        if not self._domains.labelled:
+            return None
+        if self._batches is None:
+            self._batches = self._read_all()
+        return BatchDomains(self._domains.names, self._labels)
 
     def _read_all(self) -> list[tuple[np.ndarray, np.ndarray]]:
         batches = []
+        shards = self._loader.shards
         for _ in range(self.steps):
-            inputs, targets = self._loader.next_host_batch()
+            if self._domains.labelled:
+                inputs, targets, sources = self._loader.next_host_batch_with_sources()
+                labels = [self._domains.lookup(f, shards.get(f).tokens, pos) for f, pos in sources]
+                self._labels.append(np.concatenate(labels))
+            else:
+                inputs, targets = self._loader.next_host_batch()
             batches.append((inputs.copy(), targets.copy()))
         if tuple(self._loader.state_dict()[k] for k in ("epoch", "shard", "position")) > Cursor(1, 0, 0):
             raise ValueError(

@@ -3,7 +3,8 @@
 File names and segments (:mod:`.layout`), the declared columns (:mod:`.columns`), the header rules
 (:mod:`.header_check`), the one writer (:class:`RunLogWriter` on :mod:`.csv_table`, :mod:`.csv_fields`,
 :mod:`.json_files`, :mod:`.run_header`, :mod:`.status`), the W&B names (:mod:`.wandb_names`) and the
-router-health thresholds (:mod:`.health_thresholds`); the sweep manifest (:mod:`.sweep_manifest`).
+router-health thresholds (:mod:`.health_thresholds`), the domain-specialisation score
+(:mod:`.specialisation`) and the sweep manifest (:mod:`.sweep_manifest`).
 """
 
 from .columns import (
@@ -24,6 +25,7 @@ from .header_check import check_column_name, check_header, column_types, expert_
 from .json_files import read_json_object, utc_now, write_json_atomic
 from .layout import FORMAT_NAME, FORMAT_VERSION, RUN_FILE, STATUS_FILE, segment_files, segment_name
 from .run_header import config_hash, new_run_header, read_run_header
+from .specialisation import domain_expert_nmi
 from .status import STATES, read_status, write_status
 from .sweep_manifest import (
     SWEEP_FILE,
@@ -63,6 +65,7 @@ __all__ = [
     "complete_end",
     "config_hash",
     "cut_partial_last_line",
+    "domain_expert_nmi",
     "expert_column",
     "expert_columns",
     "expert_counts",

@@ -88,6 +88,7 @@ DOMAIN_COLUMNS: dict[str, ColumnType] = {
     "domain": "VARCHAR",
     "expert": "INTEGER",
     "tokens": "BIGINT",
+    "nmi": "DOUBLE",
 }
 
 # columns written with every digit of a double (repr) instead of 9 significant digits: Unix seconds need

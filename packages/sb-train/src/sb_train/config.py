@@ -52,6 +52,9 @@ class DataConfig:
     val_tokens: int = 10485760  # the denominator of the validation budgets (docs/design/presets.md)
     val_tokens_intermediate: int = 229376
     val_tokens_final: int = 10485760
+    # validation tokens (all ranks, whole forwards, at least one) whose per-domain routing goes to domains.csv
+    # at every validation when the val shards carry domain labels; 0 = off (docs/log-format.md §5)
+    domain_val_tokens: int = 65536
     # When the train shards are missing: "" fails with a hint, "python-docs" writes shards from text that
     # ships with every Python installation (the reference manual and standard-library sources).
     auto_prepare: Literal["", "python-docs"] = ""
@@ -63,9 +66,9 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be >= 1 (got {getattr(self, name)})")
         if self.micro_tokens < 0:
             raise ConfigError(f"data.micro_tokens must be >= 0 (0 derives it), got {self.micro_tokens}")
-        for name in ("val_tokens_intermediate", "val_tokens_final"):
+        for name in ("val_tokens_intermediate", "val_tokens_final", "domain_val_tokens"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name} must be >= 0 (0 skips that validation)")
+                raise ConfigError(f"data.{name} must be >= 0 (0 skips it)")
 
 
 @dataclass(frozen=True)

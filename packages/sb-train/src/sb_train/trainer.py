@@ -34,6 +34,7 @@ from sb_model import GPT, RoutingReport
 from sb_train.callbacks import TrainerCallback
 from sb_train.config import TrainConfig
 from sb_train.distributed import DistEnv, barrier
+from sb_train.domain_routing import DomainRouting
 from sb_train.param_groups import MUON_GROUPS
 from sb_train.schedules import StepValues
 from sb_train.setup import build_parts, open_logs
@@ -80,6 +81,7 @@ class Trainer:
                 self.progress = resume_from(parts, parts.resume_from, allow_config_change=allow_config_change)
             self.start_step = self.progress.step_done + 1
             resumed_step = self.progress.step_done if parts.resume_from is not None else None
+            self.domains = DomainRouting.from_parts(parts)  # domains.csv (docs/log-format.md §5), or None
             self.logger, self.printer = open_logs(parts, resumed_step=resumed_step)
         except BaseException:
             self.close()
@@ -87,6 +89,7 @@ class Trainer:
         self._live_experts: int | None = None  # the count the adapters were last initialised for
         self._frozen_stack: tuple[bool, int] | None = None  # (frozen, id of the head weight) last applied
         self._pending_val: dict[str, float] = {}
+        self._pending_domains: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------------ schedule
     def apply_schedule(self, step: int, evaluation: bool = False) -> StepValues:
@@ -165,6 +168,8 @@ class Trainer:
             total += out.ce_loss.float()
             n += 1
         total /= max(n, 1)
+        if self.domains is not None:
+            self._pending_domains = self.domains.measure(self.model, step, self._autocast)
         if self.env.distributed:  # SUM then divide: gloo has no AVG
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
             total /= self.env.world_size
@@ -359,7 +364,8 @@ class Trainer:
              tokens_per_layer: int | None = None) -> None:
         row.update(self._pending_val)  # a validation measured at the top of this step
         self._pending_val = {}
-        self.logger.log_step(step, row, report, tokens_per_layer=tokens_per_layer)
+        domain_rows, self._pending_domains = self._pending_domains, []
+        self.logger.log_step(step, row, report, tokens_per_layer=tokens_per_layer, domain_rows=domain_rows)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, val_loss: float | None = None) -> Path:

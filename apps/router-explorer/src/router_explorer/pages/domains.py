@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import streamlit as st
 
 from .. import data, figures
@@ -36,6 +37,12 @@ def render(ctx: Context) -> None:
     spec = data.domain_specialization(ctx.version, ctx.run_id)
     if not spec.is_empty():
         st.plotly_chart(figures.specialization_lines(spec), width="stretch", key="domains_spec")
+        at_step = spec.filter((pl.col("step") == step) & pl.col("specialization").is_not_null()).sort("layer")
+        if not at_step.is_empty():
+            pairs = at_step.select("layer", "specialization").rows()
+            scores = ", ".join(f"layer {layer}: {v:.3f}" for layer, v in pairs)
+            st.caption(f"NMI at step {step:,}: {scores} (0 = every expert serves the domains alike, 1 = each "
+                       "expert serves one domain; docs/log-format.md §5)")
     top = (
         frame.sort("frac_of_expert", descending=True)
         .group_by(["layer", "expert"], maintain_order=True)

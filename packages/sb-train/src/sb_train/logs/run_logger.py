@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sb_runlog import RUN_FILE, STATUS_FILE, RunLogWriter, new_run_header, segment_files
+from sb_runlog import DOMAINS, RUN_FILE, STATUS_FILE, RunLogWriter, new_run_header, segment_files
 from sb_runlog.columns import FEATURE_WEIGHT_PREFIX
 from sb_runlog.run_header import ROUTER_STATS_SCOPES
 from sb_runlog.status import check_state
@@ -140,7 +140,8 @@ class RunLogger:
             if self.wandb is not None:
                 header["wandb"] = self.wandb.header_entry
         self.writer = RunLogWriter(
-            self.run_dir, header, scalar_columns=self.scalar_columns, router_columns=self.router_columns
+            self.run_dir, header, scalar_columns=self.scalar_columns, router_columns=self.router_columns,
+            domain_columns=list(DOMAINS.declared),
         )
         if resumed_from is not None:
             step = int(resumed_from["step"])
@@ -195,13 +196,15 @@ class RunLogger:
         *,
         tokens_per_layer: int | None = None,
         layer_values: Mapping[str, Sequence[float | None]] | None = None,
+        domain_rows: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Append step ``step``: one scalars.csv row and, with a report, one router.csv row per layer.
 
         ``scalars`` holds scalars.csv columns (``time_ms`` is required, ``step`` may be repeated);
         ``wall_time`` defaults to now. Log each step once, with its validation values in the same call
         (docs/log-format.md §1). ``tokens_per_layer`` fills router.csv's ``tokens``; ``layer_values`` adds
-        per-layer values the report lacks (e.g. ``{"ema_alpha_forward": [a0, a1, ...]}``). Rewrites
+        per-layer values the report lacks (e.g. ``{"ema_alpha_forward": [a0, a1, ...]}``); ``domain_rows`` are
+        domains.csv rows (docs/log-format.md §5) of a validation at this step. Rewrites
         status.json after a validation and at least every ``status_every`` steps. Does nothing but the checks
         when the logger is not enabled.
         """
@@ -222,7 +225,7 @@ class RunLogger:
             fill_router_summary(row, summary)
             rows = router_rows(step, report, tokens_per_layer=tokens_per_layer, layer_values=layer_values)
             layer_rows = [self._router_row(r) for r in rows]
-        typed, typed_layers = self.writer.log_step(row, layer_rows)
+        typed, typed_layers = self.writer.log_step(row, layer_rows, domain_rows)
         if self.wandb is not None:
             self.wandb.log(wandb_payload(typed, typed_layers, summary), step)
         val = typed.get("val_loss")
