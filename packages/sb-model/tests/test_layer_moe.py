@@ -10,6 +10,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from sb_model import GPT, GPTConfig, RoutingTrace
 from sb_model.bank.config import BankConfig
+from sb_model.bank.experts import grouped_mm_supported, probe_cpu_grouped_mm
 from sb_model.schedule_tensors import RoutingSchedule
 
 
@@ -138,6 +139,22 @@ def test_forward_backward_reaches_every_expert_group():
         per_expert = model.bank.w1.grad.abs().sum(dim=(1, 2)).view(4, E)
         assert torch.all(per_expert.sum(dim=1) > 0), match  # each layer's group learned from its tokens
         assert model.bank.router_w.grad.abs().sum() > 0
+
+
+def test_every_expert_implementation_runs_the_group_slices_alike():
+    """The CPU default (expert-parallel kernel or grouped_mm on a weight slice) equals the blocked bmm."""
+    probe_cpu_grouped_mm()
+    grouped = grouped_mm_supported(torch.device("cpu"), torch.float32, (32, 64))
+    results = []
+    for impl in ("auto", "blocked_bmm", *(["grouped_mm"] if grouped else [])):
+        model = _model(match="active", bank={"expert_impl": impl}).train()
+        torch.manual_seed(3)
+        out = model(_tokens(), _tokens(seed=2))
+        out.loss.backward()
+        results.append((out.loss.detach(), model.bank.w1.grad.clone(), model.bank.w2.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_routing_trace_names_model_layers_and_their_own_experts():

@@ -29,8 +29,8 @@ def test_layer_moe_trains_states_its_match_and_resumes_exactly(smoke_data, tmp_p
     run_dir = only_run_dir(tmp_path)
     header = json.loads((run_dir / "run.json").read_text())
     assert header["num_experts"] == 2 and header["config"]["model"]["layer_moe_match"] == "total"
-    assert header["ffn"] == {"kind": "layer_moe", "match": "total", "expert_groups": 4, "experts_per_layer": 2,
-                             "ffn_hidden": 64, "topk": 1, "bank_num_experts": 8}
+    assert header["ffn"] == {"kind": "layer_moe", "match": "total", "expert_groups": 4,
+                             "experts_per_layer": 2, "ffn_hidden": 64, "topk": 1, "bank_num_experts": 8}
     counts = header["parameter_counts"]
     assert counts["experts"] == 8 * 2 * 64 * 32  # exactly the shared bank's 8 experts of 64
     assert counts["ffn_active_per_token"] == 4 * 2 * 64 * 32
