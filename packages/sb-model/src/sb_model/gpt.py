@@ -11,7 +11,7 @@ recompiles when they change. Decoding lives in :mod:`sb_model.generation`, param
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +269,7 @@ class GPT(nn.Module):
         """See :func:`sb_model.parameter_counts.parameter_counts`."""
         return parameter_counts.parameter_counts(self)
 
-    def parameter_summary(self) -> dict:
+    def parameter_summary(self) -> dict[str, Any]:
         """See :func:`sb_model.parameter_counts.run_header_counts` (run.json's ``ffn`` and
         ``parameter_counts``)."""
         return parameter_counts.run_header_counts(self)
