@@ -1,6 +1,8 @@
 """One SwitchBank layer: residual mix, attention (unless skipped), then the shared bank on the normed input.
 
-(docs/design/model.md, block.) A dense per-layer FFN can replace the bank (baseline/ablation)."""
+(docs/design/model.md, block.) For the baselines the bank is a per-layer MoE (the same module, this layer
+routed to its own experts) or a dense per-layer FFN replaces it (docs/design/model.md, per-layer MoE
+baseline)."""
 
 from __future__ import annotations
 

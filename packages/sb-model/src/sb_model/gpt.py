@@ -1,6 +1,7 @@
 """The SwitchBank GPT, read top to bottom: construction, then forward = embed -> blocks -> head -> loss.
 
-Embeddings, L blocks that share one expert bank, U-net style skips, the soft-capped head and the loss
+Embeddings, L blocks that share one expert bank (or, as baselines, own experts or a dense FFN each: ``ffn``),
+U-net style skips, the soft-capped head and the loss
 (docs/design/model.md). Per forward the model builds, from the token ids only, the attention masks (long and
 short windows) and the router flag features. Schedule values are tensors held by the model
 (``routing_schedule``, ``window_blocks``), updated in place by the trainer, so a compiled model never
@@ -10,8 +11,7 @@ recompiles when they change. Decoding lives in :mod:`sb_model.generation`, param
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +28,9 @@ from sb_model.functional import init_linear_, rms_norm
 from sb_model.generation import DecodeState, LayerCache
 from sb_model.gpt_config import GPTConfig
 from sb_model.rotary import Rotary
-from sb_model.schedule_tensors import RoutingSchedule
+from sb_model.schedule_tensors import TENSOR_FIELDS, RoutingSchedule
 
-_SCHEDULE_TENSORS = tuple(f.name for f in fields(RoutingSchedule))  # each held as buffer ``sched_<name>``
+_SCHEDULE_TENSORS = TENSOR_FIELDS  # each held as buffer ``sched_<name>``
 
 
 class GPTOutput(NamedTuple):
@@ -57,7 +57,8 @@ class GPT(nn.Module):
         for i in range(L):
             if i not in cfg.skip_attn_layers and owners[i] not in attn_by_owner:
                 attn_by_owner[owners[i]] = CausalSelfAttention(d, cfg.head_dim, scale=cfg.attn_scale, **kw)
-        self.bank = SharedExpertBank(cfg.bank, **kw) if cfg.ffn == "bank" else None
+        # the shared bank, or for layer_moe the same module with one expert group per layer (tie group)
+        self.bank = SharedExpertBank(cfg.ffn_bank, **kw) if cfg.ffn_bank is not None else None
         dense_hidden = cfg.bank.topk * cfg.bank.ffn_hidden  # a dense baseline has the bank's active size
         long_layers = set(cfg.long_layers)
         self.blocks = nn.ModuleList(
@@ -84,8 +85,15 @@ class GPT(nn.Module):
             persistent=False,
         )
         temp_mult, lb_mult = layer_boosts(cfg.bank)
+        # active-expert counts stay in the bank's terms (of bank.num_experts); a router with fewer experts
+        # (layer_moe, 'total') turns on the same fraction of its own
         schedule = RoutingSchedule.create(
-            L, cfg.bank.num_experts, temp_mult=temp_mult, lb_mult=lb_mult, device=device
+            L,
+            cfg.experts_per_layer or cfg.bank.num_experts,
+            temp_mult=temp_mult,
+            lb_mult=lb_mult,
+            counts_out_of=cfg.bank.num_experts,
+            device=device,
         )
         for name in _SCHEDULE_TENSORS:
             self.register_buffer(f"sched_{name}", getattr(schedule, name), persistent=False)
@@ -112,7 +120,10 @@ class GPT(nn.Module):
     def routing_schedule(self) -> RoutingSchedule:
         """The routing schedule tensors of this model (shared with its buffers: ``set_`` updates
         the model)."""
-        return RoutingSchedule(**{name: getattr(self, f"sched_{name}") for name in _SCHEDULE_TENSORS})
+        return RoutingSchedule(
+            **{name: getattr(self, f"sched_{name}") for name in _SCHEDULE_TENSORS},
+            counts_out_of=self.config.bank.num_experts,
+        )
 
     @torch.no_grad()
     def set_window_blocks(self, long_blocks: int) -> None:
@@ -258,6 +269,11 @@ class GPT(nn.Module):
         """See :func:`sb_model.parameter_counts.parameter_counts`."""
         return parameter_counts.parameter_counts(self)
 
+    def parameter_summary(self) -> dict[str, Any]:
+        """See :func:`sb_model.parameter_counts.run_header_counts` (run.json's ``ffn`` and
+        ``parameter_counts``)."""
+        return parameter_counts.run_header_counts(self)
+
     def format_parameter_counts(self) -> str:
         """See :func:`sb_model.parameter_counts.format_parameter_counts`."""
         return parameter_counts.format_parameter_counts(self)
@@ -277,4 +293,3 @@ def _read_head_tying(model: GPT, incompatible_keys: object) -> None:
     """After ``load_state_dict``: the head is untied iff the model is untied by construction or the loaded
     state says ``untie_lm_head()`` ran."""
     model._head_untied = not model.config.tie_lm_head or bool(model.lm_head_copied)
-

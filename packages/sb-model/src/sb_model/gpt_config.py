@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 from sb_model.attention_masks import long_window_layers
 from sb_model.bank.config import BankConfig
 
 AttentionImpl = Literal["auto", "flex", "sdpa"]
-FFNKind = Literal["bank", "dense"]
+FFNKind = Literal["bank", "layer_moe", "dense"]
+LayerMoEMatch = Literal["active", "total"]
+FFN_KINDS: tuple[str, ...] = ("bank", "layer_moe", "dense")
+LAYER_MOE_MATCHES: tuple[str, ...] = ("active", "total")
 
 REFERENCE_SKIP_MAP: tuple[tuple[int, int], ...] = ((9, 6), (10, 4), (11, 2))  # (destination, source) layers
 
@@ -54,9 +58,14 @@ class GPTConfig:
     untie_lm_head_later: bool = False  # tied head with its own weights ready for GPT.untie_lm_head()
     logit_softcap: float = 15.0
     eod_token_id: int = 50256
-    # FFN: the shared bank (or, for baselines, a dense per-layer FFN of the bank's active size
-    # bank.topk * bank.ffn_hidden)
+    # FFN: the shared bank; or, for baselines (docs/design/model.md, per-layer MoE baseline), "layer_moe":
+    # every layer (tie group) owns experts of its own, sized from the bank's options by layer_moe_match, or
+    # "dense": a per-layer FFN of the bank's active size bank.topk * bank.ffn_hidden
     ffn: FFNKind = "bank"
+    # layer_moe only (ignored otherwise): "active": each layer gets the bank's E experts (L x the expert
+    # parameters, same active ones); "total": each layer gets E/G experts, so that the expert parameters
+    # and the active ones both equal the bank's
+    layer_moe_match: LayerMoEMatch = "active"
     bank: BankConfig = field(default_factory=BankConfig)  # its GPT fields are filled in from this config
 
     def __post_init__(self) -> None:
@@ -103,7 +112,16 @@ class GPTConfig:
             self.attention in ("auto", "flex", "sdpa"),
             f"attention must be auto|flex|sdpa (got {self.attention!r})",
         )
-        need(self.ffn in ("bank", "dense"), f"ffn must be 'bank' or 'dense' (got {self.ffn!r})")
+        need(
+            self.ffn in FFN_KINDS,
+            f"ffn must be one of {', '.join(map(repr, FFN_KINDS))} (got {self.ffn!r})",
+        )
+        need(
+            self.layer_moe_match in LAYER_MOE_MATCHES,
+            f"layer_moe_match must be one of {', '.join(map(repr, LAYER_MOE_MATCHES))} (got "
+            f"{self.layer_moe_match!r}); 'active' matches the active parameters per token, 'total' the "
+            "expert parameters too",
+        )
         need(
             all(0 <= i < L for i in self.skip_attn_layers),
             f"skip_attn_layers must be layer indices in [0, {L}) (got {self.skip_attn_layers})",
@@ -150,6 +168,28 @@ class GPTConfig:
             adapter_layer_map=adapter_map,
         )
         object.__setattr__(self, "bank", resolved)  # frozen dataclass: set once, here
+        need(
+            resolved.expert_layer_map is None,
+            "bank.expert_layer_map is set from ffn='layer_moe'; leave it unset in [model.bank] and set "
+            "model.ffn instead",
+        )
+        if self.ffn == "layer_moe" and self.layer_moe_match == "total":
+            self._check_total_match()
+
+    def _check_total_match(self) -> None:
+        """'total' splits the bank's E experts over the G expert groups: E/G each, at least top-k."""
+        E, G, k = self.bank.num_experts, self.expert_groups, self.bank.topk
+        if E % G == 0 and k <= E // G:
+            return
+        fits = ", ".join(str(G * n) for n in range(k, k + 3))
+        depths = [str(g) for g in range(1, E + 1) if E % g == 0 and E // g >= k]
+        depth_text = depths[0] if len(depths) == 1 else f"{', '.join(depths[:-1])} or {depths[-1]}"
+        raise ValueError(
+            f"GPTConfig: layer_moe_match='total' splits the bank's num_experts={E} evenly over the {G} "
+            f"expert groups (one per layer, or per tie group), at least topk={k} each, and {E} does not "
+            f"split that way. Use bank.num_experts = {fits}, ... (a multiple of {G}), num_layers = "
+            f"{depth_text} (without tie groups), or layer_moe_match='active'"
+        )
 
     # ------------------------------------------------------------------------------------------ derived
     @property
@@ -181,6 +221,43 @@ class GPTConfig:
             for i in group:
                 owner[i] = group[0]
         return tuple(owner)
+
+    @property
+    def expert_groups(self) -> int:
+        """G, the sets of experts the model holds: 1 for the shared bank, one per layer for layer_moe (one per
+        tie group when layers are tied: tied layers share attention and adapters, and so their experts too),
+        0 for dense."""
+        if self.ffn == "bank":
+            return 1
+        if self.ffn == "dense":
+            return 0
+        return len(set(self.layer_tie_map))
+
+    @property
+    def experts_per_layer(self) -> int:
+        """Experts each layer's router chooses among (the length of every per-expert vector of a layer's
+        routing metrics): the bank's E, or E/G for layer_moe matched on total parameters; 0 for dense."""
+        if self.ffn == "dense":
+            return 0
+        if self.ffn == "layer_moe" and self.layer_moe_match == "total":
+            return self.bank.num_experts // self.expert_groups
+        return self.bank.num_experts
+
+    @cached_property
+    def ffn_bank(self) -> BankConfig | None:
+        """The config of the expert module the model builds: the bank itself, the bank's options with
+        ``experts_per_layer`` experts per group and a layer -> group map for layer_moe, or None (dense)."""
+        if self.ffn == "dense":
+            return None
+        if self.ffn == "bank":
+            return self.bank
+        owners = self.layer_tie_map
+        group_of_owner = {o: g for g, o in enumerate(dict.fromkeys(owners))}
+        return replace(
+            self.bank,
+            num_experts=self.experts_per_layer,
+            expert_layer_map=tuple(group_of_owner[o] for o in owners),
+        )
 
     def value_embed_layers(self) -> list[int | None]:
         """Per layer, the value-embedding table it mixes in (None: none): the first n and last n layers use

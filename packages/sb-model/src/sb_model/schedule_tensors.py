@@ -19,6 +19,12 @@ def active_expert_mask(count: int, num_experts: int, device: torch.device | None
     return torch.arange(num_experts, device=device) < count
 
 
+def scaled_active_count(count: int, counts_out_of: int, num_experts: int) -> int:
+    """The active experts of a router with ``num_experts`` when a schedule turns on ``count`` of
+    ``counts_out_of``: the same fraction, rounded up (docs/design/model.md, per-layer MoE baseline)."""
+    return -(-count * num_experts // counts_out_of)
+
+
 def layer_boost_shape(
     layer_idx: int, num_layers: int, shape: str = "peak", peak_frac: float = 0.475
 ) -> float:
@@ -46,6 +52,18 @@ def layer_multipliers(num_layers: int, boost: float, shape: str = "peak", peak_f
     )
 
 
+TENSOR_FIELDS: tuple[str, ...] = (
+    "temperature",
+    "logit_cap",
+    "gumbel",
+    "active_mask",
+    "temp_mult",
+    "lb_mult",
+    "router_frozen",
+    "adapters_frozen",
+)  # the fields of RoutingSchedule that are tensors (a model holds each as a buffer)
+
+
 @dataclass
 class RoutingSchedule:
     """Schedule values for one forward, all tensors (changing them never recompiles a compiled bank)."""
@@ -58,6 +76,9 @@ class RoutingSchedule:
     lb_mult: Tensor  # (L,) float32 per-layer multiplier of the CV² load-balance term
     router_frozen: Tensor  # () bool: detach the router logits and drop the aux loss
     adapters_frozen: Tensor  # () bool: detach the adapters
+    # the expert count that active-expert counts are out of (a plain int, not a tensor); 0: the mask's size.
+    # A per-layer MoE with fewer experts per router than the bank it is compared with sets the bank's E.
+    counts_out_of: int = 0
 
     @classmethod
     def create(
@@ -73,11 +94,13 @@ class RoutingSchedule:
         lb_mult: Tensor | None = None,
         router_frozen: bool = False,
         adapters_frozen: bool = False,
+        counts_out_of: int = 0,
         device: torch.device | str | None = None,
     ) -> RoutingSchedule:
-        count = num_experts if active_experts is None else active_experts
-        if not 1 <= count <= num_experts:
-            raise ValueError(f"active_experts must be in [1, {num_experts}] (got {count})")
+        of = counts_out_of or num_experts
+        count = of if active_experts is None else active_experts
+        if not 1 <= count <= of:
+            raise ValueError(f"active_experts must be in [1, {of}] (got {count})")
         ones = torch.ones(num_layers, dtype=torch.float32, device=device)
         for name, value in (("temp_mult", temp_mult), ("lb_mult", lb_mult)):
             if value is not None and tuple(value.shape) != (num_layers,):
@@ -86,11 +109,12 @@ class RoutingSchedule:
             temperature=torch.tensor(float(temperature), device=device),
             logit_cap=torch.tensor(float(logit_cap), device=device),
             gumbel=torch.tensor(float(gumbel), device=device),
-            active_mask=active_expert_mask(count, num_experts, device),
+            active_mask=active_expert_mask(scaled_active_count(count, of, num_experts), num_experts, device),
             temp_mult=ones.clone() if temp_mult is None else temp_mult.to(device=device, dtype=torch.float32),
             lb_mult=ones.clone() if lb_mult is None else lb_mult.to(device=device, dtype=torch.float32),
             router_frozen=torch.tensor(bool(router_frozen), device=device),
             adapters_frozen=torch.tensor(bool(adapters_frozen), device=device),
+            counts_out_of=counts_out_of,
         )
 
     @torch.no_grad()
@@ -113,9 +137,10 @@ class RoutingSchedule:
             self.gumbel.fill_(float(gumbel))
         if active_experts is not None:
             E = self.active_mask.numel()
-            if not 1 <= active_experts <= E:
-                raise ValueError(f"active_experts must be in [1, {E}] (got {active_experts})")
-            self.active_mask.copy_(active_expert_mask(active_experts, E))
+            of = self.counts_out_of or E
+            if not 1 <= active_experts <= of:
+                raise ValueError(f"active_experts must be in [1, {of}] (got {active_experts})")
+            self.active_mask.copy_(active_expert_mask(scaled_active_count(active_experts, of, E), E))
         if router_frozen is not None:
             self.router_frozen.fill_(bool(router_frozen))
         if adapters_frozen is not None:

@@ -2,8 +2,9 @@
 
 Adam groups: ``embed`` (token + value embeddings), ``scalar``, ``router``, ``adapter``, ``head``.
 Muon groups: ``attn`` (the fused (4, d, d) q/k/v/out weights, one matrix per slice) and ``shared_ffn`` (the
-stacked expert W1 / W2, one matrix per expert; a dense-FFN baseline's matrices join it too). See
-docs/design/optimizer.md.
+stacked expert W1 / W2, one matrix per expert, also for the per-layer MoE baseline, whose experts of every
+layer are stacked in the same two tensors; a dense-FFN baseline's matrices join it too). See
+docs/design/optimizer.md and docs/design/model.md (per-layer MoE baseline).
 """
 
 from __future__ import annotations

@@ -158,13 +158,14 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
     cfg, env, model = parts.cfg, parts.env, parts.model
     mcfg = cfg.model
     n = cfg.schedule.num_iterations
+    routed_experts = mcfg.experts_per_layer or mcfg.bank.num_experts  # per router (layer_moe: its own)
     logger = RunLogger(
         parts.run_dir,
         run_id=parts.run_id,
         preset=cfg.preset,
         config=cfg.to_dict(),
         num_layers=mcfg.num_layers,
-        num_experts=mcfg.bank.num_experts,
+        num_experts=routed_experts,
         top_k=mcfg.bank.topk,
         tokens_per_step=parts.tokens_per_step,
         total_steps=n,
@@ -175,12 +176,12 @@ def open_logs(parts: TrainParts, *, resumed_step: int | None) -> tuple[RunLogger
         wandb=_wandb_settings(cfg) if cfg.run.wandb else None,
         resumed_from=(None if parts.resume_from is None
                       else {"checkpoint": str(parts.resume_from), "step": resumed_step}),
-        extra_header={**code_version(), "config_hash": cfg.hash(),
+        extra_header={**code_version(), "config_hash": cfg.hash(), **model.parameter_summary(),
                       "segments": _segments(parts, resumed_step), "device_plan": parts.plan.to_dict()},
         enabled=env.is_main,
     )
     progress = ProgressPrinter(n, parts.tokens_per_step, every=cfg.run.print_every,
-                               num_experts=mcfg.bank.num_experts, enabled=env.is_main)
+                               num_experts=routed_experts, enabled=env.is_main)
     if env.is_main:
         print(model.format_parameter_counts(), file=sys.stderr)
         print(f"[sb-train] {parts.plan.describe()}", file=sys.stderr)

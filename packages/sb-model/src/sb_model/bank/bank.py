@@ -1,5 +1,9 @@
 """The shared expert bank: E ReLU² experts used by all L layers, one router per layer (docs/design/bank.md).
 
+With ``BankConfig.expert_layer_map`` the same module is the per-layer MoE baseline: G expert groups of E
+experts each, stacked along the expert dimension, and each layer routes only to its own group's experts
+(docs/design/model.md, per-layer MoE baseline).
+
 A block calls ``bank(x_norm, layer_idx, ctx)`` with the normed residual and a per-forward
 :class:`~sb_model.bank.router.RoutingContext` (built once by the GPT with :meth:`SharedExpertBank.context`);
 it gets back the bank output and the layer's aux loss. One call reads top to bottom: router features and
@@ -38,16 +42,19 @@ def layer_boosts(config: BankConfig) -> tuple[Tensor, Tensor]:
 
 
 class SharedExpertBank(nn.Module):
-    """One bank of FFN experts shared by all layers, with per-layer routers and adapters."""
+    """One bank of FFN experts shared by all layers, with per-layer routers and adapters; or, with an expert
+    layer map, G groups of experts where layer l sees only group ``expert_group(l)``. ``w1`` (G·E, h, d) and
+    ``w2`` (G·E, d, h) stack group g's experts at rows g·E … g·E + E − 1."""
 
     def __init__(self, config: BankConfig, *, dtype: torch.dtype = torch.float32, device=None) -> None:
         super().__init__()
         config.require_gpt_fields()
         self.config = cfg = config
         E, L, d, h = cfg.num_experts, cfg.num_layers, cfg.model_dim, cfg.ffn_hidden
+        G = cfg.num_expert_groups
         kw = {"dtype": dtype, "device": device}
-        self.w1 = nn.Parameter(torch.empty(E, h, d, **kw))
-        self.w2 = nn.Parameter(torch.empty(E, d, h, **kw))
+        self.w1 = nn.Parameter(torch.empty(G * E, h, d, **kw))
+        self.w2 = nn.Parameter(torch.empty(G * E, d, h, **kw))
         self.w1.wd_mul = 2.0  # per-parameter weight-decay multiplier read by the optimizer setup
         self.w2.wd_mul = 2.0
         self.router_w = nn.Parameter(torch.empty(L, E, cfg.router_in_dim, **kw))
@@ -145,7 +152,8 @@ class SharedExpertBank(nn.Module):
         gate = torch.where(disp.served, r.gates, torch.zeros_like(r.gates)).to(self.w1.dtype)
         scale, bias = self._adapter_params(layer_idx, ctx.schedule)
         bijection = is_bijection(k, capacity, align)
-        y = expert_outputs(impl, align, x.reshape(N, d), disp, bijection, gate, self.w1, self.w2, scale, bias)
+        w1, w2 = self.expert_weights(layer_idx)
+        y = expert_outputs(impl, align, x.reshape(N, d), disp, bijection, gate, w1, w2, scale, bias)
         y = y.view(B, T, d).to(x.dtype)
 
         if ctx.trace is not None:
@@ -168,6 +176,15 @@ class SharedExpertBank(nn.Module):
             )
             self.metrics.record(layer_idx, scalars, vectors)
         return y, aux
+
+    def expert_weights(self, layer_idx: int) -> tuple[Tensor, Tensor]:
+        """(w1 (E, h, d), w2 (E, d, h)) of the experts layer ``layer_idx`` routes to: the whole bank, or its
+        expert group's rows (a view; ``layer_idx`` is a Python int, so the slice is static when compiled)."""
+        if self.config.num_expert_groups == 1:
+            return self.w1, self.w2
+        E = self.config.num_experts
+        at = self.config.expert_group(layer_idx) * E
+        return self.w1[at : at + E], self.w2[at : at + E]
 
     def _check_input(self, x: Tensor, layer_idx: int, ctx: RoutingContext) -> None:
         cfg = self.config

@@ -42,7 +42,8 @@ class BankConfig:
     flag_block_size: int | None = None  # tokens per attention block (router block-position flags)
     eod_token_id: int | None = None
     adapter_layer_map: tuple[int, ...] | None = None  # layer -> adapter slot (tied layers); None: identity
-    # Experts.
+    # Experts. num_experts is per router; with expert_layer_map each expert group owns that many of its own.
+    expert_layer_map: tuple[int, ...] | None = None  # layer -> expert group 0..G-1; None: one bank for all
     num_experts: int = 8
     ffn_hidden: int = 1024
     topk: int = 1
@@ -172,6 +173,14 @@ class BankConfig:
                 all(0 <= s < self.num_layers for s in self.adapter_layer_map),
                 "adapter_layer_map entries must be layer indices in [0, num_layers)",
             )
+        if self.expert_layer_map is not None and self.num_layers is not None:
+            groups = self.expert_layer_map
+            need(
+                len(groups) == self.num_layers and set(groups) == set(range(max(groups) + 1)),
+                f"expert_layer_map must give each of the num_layers={self.num_layers} layers an expert "
+                f"group, the groups numbered 0..G-1 with none left empty (got {groups}); GPTConfig sets it "
+                "for ffn='layer_moe'",
+            )
 
     # ------------------------------------------------------------------------------------ GPT facts
     def with_gpt_fields(self, **gpt_values: Any) -> BankConfig:
@@ -231,6 +240,15 @@ class BankConfig:
         return (
             1 + int(self.use_forward_ema) + int(self.use_reverse_ema)
         ) * self.model_dim + self.num_flag_features
+
+    @property
+    def num_expert_groups(self) -> int:
+        """G: how many sets of ``num_experts`` experts the bank holds (1: the shared bank)."""
+        return 1 if self.expert_layer_map is None else max(self.expert_layer_map) + 1
+
+    def expert_group(self, layer_idx: int) -> int:
+        """The expert group whose experts layer ``layer_idx`` routes to (0 for the shared bank)."""
+        return 0 if self.expert_layer_map is None else self.expert_layer_map[layer_idx]
 
     @property
     def num_adapter_slots(self) -> int:
