@@ -115,3 +115,16 @@ def test_more_domain_tokens_than_the_validation_data_is_a_config_error(smoke_dat
     cfg = smoke_config(smoke_data, tmp_path, "data.domain_val_tokens=100000000")
     with pytest.raises(ConfigError, match=r"data.domain_val_tokens = 100,000,000: .*lower num_tokens"):
         Trainer(cfg)
+
+
+def test_layer_moe_counts_each_layers_own_experts(smoke_data, tmp_path):
+    """layer_moe matched on total parameters gives each of the 4 layers E/4 = 2 of 8 experts: domains.csv
+    names only a layer's own experts, and the totals are those of the bank (top-1, every token served)."""
+    cfg = smoke_config(smoke_data, tmp_path, 'model.ffn="layer_moe"', 'model.layer_moe_match="total"',
+                       "model.bank.num_experts=8", "model.bank.topk=1", "schedule.num_iterations=2",
+                       "run.val_loss_every=2", "run.checkpoint_every=0", "run.warmup_steps=0")
+    assert cfg.model.experts_per_layer == 2
+    assert Trainer(cfg).run().state == "finished"
+    table, _ = _read_domains(only_run_dir(tmp_path))
+    assert table and all({e for _d, e in counts} == {0, 1} for counts in table.values())
+    _check_totals(table, _domain_tokens(cfg), {0: 1, 2: 1})

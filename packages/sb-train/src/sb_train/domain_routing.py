@@ -72,7 +72,7 @@ class DomainRouting:
             (inputs, torch.from_numpy(lab.astype("int64")).to(env.device))
             for (inputs, _), lab in zip(loader, labels.labels, strict=True)
         ]
-        return cls(labels.names, batches, cfg.model.bank.num_experts, env.distributed)
+        return cls(labels.names, batches, cfg.model.experts_per_layer, env.distributed)
 
     @torch.no_grad()
     def measure(self, model: GPT, step: int,
