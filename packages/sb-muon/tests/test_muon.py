@@ -123,7 +123,7 @@ def test_closure_and_params_without_grad():
         return loss
 
     loss = opt.step(closure)
-    assert loss is not None and float(loss) > 0
+    assert loss is not None and float(loss.detach()) > 0
     assert torch.equal(b.detach(), b0), "a parameter without a gradient is neither decayed nor moved"
     assert b not in opt.state
 
