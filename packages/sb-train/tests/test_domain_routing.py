@@ -128,3 +128,16 @@ def test_layer_moe_counts_each_layers_own_experts(smoke_data, tmp_path):
     table, _ = _read_domains(only_run_dir(tmp_path))
     assert table and all({e for _d, e in counts} == {0, 1} for counts in table.values())
     _check_totals(table, _domain_tokens(cfg), {0: 1, 2: 1})
+
+
+def test_unlabelled_validation_data_smaller_than_the_budget_is_not_an_error(smoke_data, tmp_path, capsys):
+    """Without side files nothing is measured, so the domain budget is not checked against the shards."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for shard in smoke_data.glob("pydocs_*.bin"):
+        (plain / shard.name).symlink_to(shard)
+    cfg = smoke_config(plain, tmp_path / "runs", "data.domain_val_tokens=100000000", "schedule.num_iterations=1",
+                       "run.val_loss_every=0", "run.checkpoint_every=0", "run.warmup_steps=0")
+    trainer = Trainer(cfg)
+    assert trainer.domains is None
+    assert capsys.readouterr().err.count("carry no domain labels") == 1

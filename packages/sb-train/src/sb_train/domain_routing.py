@@ -20,6 +20,8 @@ import torch.distributed as dist
 from sb_runlog import domain_expert_nmi
 
 from sb_data import DomainLabelError
+from sb_data.domains import side_file_path
+from sb_data.shards import find_shards
 from sb_model import GPT, RoutingTrace
 from sb_train.config import ConfigError
 from sb_train.data_setup import validation_loader
@@ -55,6 +57,10 @@ class DomainRouting:
         cfg, env = parts.cfg, parts.env
         data = cfg.data
         if parts.model.bank is None or data.domain_val_tokens == 0:
+            return None
+        if not any(side_file_path(shard).exists() for shard in find_shards(data.val_files)):
+            if env.is_main:
+                print(NO_LABELS, file=sys.stderr)
             return None
         steps = max(1, data.domain_val_tokens // (env.world_size * data.val_seq_len))
         try:
