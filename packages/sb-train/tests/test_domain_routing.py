@@ -136,8 +136,9 @@ def test_unlabelled_validation_data_smaller_than_the_budget_is_not_an_error(smok
     plain.mkdir()
     for shard in smoke_data.glob("pydocs_*.bin"):
         (plain / shard.name).symlink_to(shard)
-    cfg = smoke_config(plain, tmp_path / "runs", "data.domain_val_tokens=100000000", "schedule.num_iterations=1",
-                       "run.val_loss_every=0", "run.checkpoint_every=0", "run.warmup_steps=0")
+    cfg = smoke_config(plain, tmp_path / "runs", "data.domain_val_tokens=100000000",
+                       "schedule.num_iterations=1", "run.val_loss_every=0", "run.checkpoint_every=0",
+                       "run.warmup_steps=0")
     trainer = Trainer(cfg)
     assert trainer.domains is None
     assert capsys.readouterr().err.count("carry no domain labels") == 1
