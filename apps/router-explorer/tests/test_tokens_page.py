@@ -59,3 +59,33 @@ def test_tokens_page_without_a_server_says_how_to_start_one(app):
     at = app(page="tokens")
     at.text_input(key="tokens_url").set_value(url).run()
     assert "no server answers" in at.error[0].value and "sb-train serve" in at.error[0].value
+
+
+def test_tokens_page_from_a_checkpoint_equals_the_servers_routing(app, charts, route_server, monkeypatch):
+    """Checkpoint mode computes the same JSON in-process: the loader is swapped for the server's model (the
+    same seed, so the same weights); the checkpoint loading itself is sb-train's, tested there."""
+    import torch
+
+    from router_explorer.pages import tokens
+    from sb_data.tokenizers import ByteTokenizer
+    from sb_model import GPT, GPTConfig
+    from sb_train.serve.served_model import ServedModel
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.tiny(vocab_size=256)).eval()
+    asked: list[str] = []
+
+    def fake_loader(path: str) -> ServedModel:
+        asked.append(path)
+        return ServedModel(model, "tiny/random", ByteTokenizer())
+
+    monkeypatch.setattr(tokens, "_served_model", fake_loader)
+    at = app(page="tokens")
+    at.radio(key="tokens_source").set_value("checkpoint").run()
+    at.text_input(key="tokens_checkpoint").set_value("runs/some-run").run()
+    at.text_area(key="tokens_text").set_value("def f(x):\n").run()
+    assert not at.exception and not at.error
+    assert asked and set(asked) == {"runs/some-run"}
+    heat = charts(at)["tokens_heatmap"]["data"][0]
+    routing = route_from_server(route_server, "def f(x):\n")
+    assert heat["z"] == [[t["experts"][j][0] for t in routing["tokens"]] for j in range(4)]
