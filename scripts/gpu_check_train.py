@@ -21,7 +21,7 @@ from sb_train.config import micro_tokens
 from sb_train.config_loading import load_config
 from sb_train.device_plan import plan_for
 from sb_train.optimizer import build_optimizer
-from sb_train.trainer import set_model_schedule, set_optimizer_schedule
+from sb_train.schedules.apply import set_model_schedule, set_optimizer_schedule
 
 # dense bf16 tensor-core peak per device name fragment (vendor data sheets, SXM parts, no sparsity)
 PEAK_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}

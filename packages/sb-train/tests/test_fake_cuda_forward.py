@@ -43,7 +43,7 @@ import sb_model.bank.experts as experts
 from sb_model import GPT
 from sb_train.config_loading import load_config
 from sb_train.device_plan import DevicePlan, HardwareFacts, plan_for
-from sb_train.trainer import set_model_schedule
+from sb_train.schedules.apply import set_model_schedule
 
 RECORD_PARAMS = 282_395_148
 MATMULS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "_grouped_mm", "grouped_mm",

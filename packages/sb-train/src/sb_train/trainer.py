@@ -30,13 +30,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sb_model import GPT, RoutingReport
+from sb_model import RoutingReport
 from sb_train.callbacks import TrainerCallback
 from sb_train.config import TrainConfig
 from sb_train.distributed import DistEnv, barrier
 from sb_train.domain_routing import DomainRouting
-from sb_train.param_groups import MUON_GROUPS
 from sb_train.schedules import StepValues
+from sb_train.schedules.apply import set_model_schedule, set_optimizer_schedule
 from sb_train.setup import build_parts, open_logs
 from sb_train.step_report import TrainingAborted, check_loss, final_row, step_max_logit, step_row
 from sb_train.stop_signal import StopSignal, any_rank_requested
@@ -379,23 +379,3 @@ def _elapsed_ms(t0: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) * 1000.0
-
-
-def set_model_schedule(model: GPT, v: StepValues) -> None:
-    """Hand one step's schedule values to the model: the attention window and the routing tensors (no
-    recompile: the same tensors get new values), and the head untying once the schedule reaches it."""
-    model.set_window_blocks(v.window_blocks)
-    if model.bank is not None:
-        model.routing_schedule.set_(temperature=v.temperature, logit_cap=v.logit_cap, gumbel=v.gumbel,
-                                    active_experts=v.active_experts, router_frozen=v.router_frozen,
-                                    adapters_frozen=v.adapters_frozen)
-    if v.head_untied:
-        model.untie_lm_head()
-
-
-def set_optimizer_schedule(opt: torch.optim.Optimizer, v: StepValues) -> None:
-    """Hand one step's learning rates (every group, Muon's included) and Muon momentum to the optimizer."""
-    for g in opt.param_groups:
-        g["lr"] = g["initial_lr"] * v.lr_for(g["name"])
-        if g["name"] in MUON_GROUPS:
-            g["momentum"] = v.momentum
