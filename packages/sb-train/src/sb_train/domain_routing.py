@@ -92,8 +92,10 @@ class DomainRouting:
         layers: list[int] = []
         for inputs, labels in self.batches:
             trace = RoutingTrace()
-            with autocast():
-                model(inputs[None], routing_trace=trace, return_logits=False)
+            tokens = inputs[None]
+            masks, flags = model.attention_masks(tokens), model.router_flags(tokens)
+            with autocast():  # the blocks only: the routing is all we read, so the LM head is skipped
+                model.run_blocks(tokens, masks, flags, trace=trace)
             layers = trace.layer_indices()
             per_domain = torch.stack([
                 trace.expert_counts(self.num_experts, (labels == d)[None]) for d in range(len(self.names))
