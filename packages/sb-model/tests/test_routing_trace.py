@@ -73,3 +73,17 @@ def test_expert_counts_respects_mask():
     ch = trace.layers[trace.layer_indices()[0]]
     expected = torch.bincount(ch.experts[0][ch.served[0]], minlength=E)
     assert torch.equal(first[0], expected)
+
+
+def test_trace_routing_equals_the_trace_of_a_full_forward():
+    model = _model(topk=2)
+    tokens = torch.randint(1, model.config.vocab_size, (2, 24))
+    full = RoutingTrace()
+    with torch.no_grad():
+        model(tokens, routing_trace=full)
+    blocks_only = model.trace_routing(tokens)
+    assert blocks_only.layer_indices() == full.layer_indices()
+    for layer in full.layer_indices():
+        assert torch.equal(blocks_only.layers[layer].experts, full.layers[layer].experts)
+        assert torch.equal(blocks_only.layers[layer].gates, full.layers[layer].gates)
+        assert torch.equal(blocks_only.layers[layer].served, full.layers[layer].served)

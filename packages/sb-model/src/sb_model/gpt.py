@@ -182,6 +182,16 @@ class GPT(nn.Module):
             return_logits = targets is None
         return GPTOutput(logits[..., : self.config.vocab_size] if return_logits else None, loss, ce, aux)
 
+    @torch.no_grad()
+    def trace_routing(self, idx: Tensor, attention: str | None = None) -> RoutingTrace:
+        """Every bank layer's per-token choices for ``idx`` ((B, T) or (T,)): the blocks only, no LM head
+        (:mod:`sb_model.bank.trace`). The bank's metrics record the call like any forward."""
+        tokens = as_token_batch(idx)
+        trace = RoutingTrace()
+        masks = self.attention_masks(tokens, attention)
+        self.run_blocks(tokens, masks, self.router_flags(tokens), trace=trace)
+        return trace
+
     def attention_masks(self, tokens: Tensor, attention: str | None = None) -> AttentionMasks:
         """Long- and short-window masks of ``tokens`` (B, T) for backend ``attention`` (default: config's)."""
         cfg = self.config

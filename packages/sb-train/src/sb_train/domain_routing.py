@@ -22,7 +22,7 @@ from sb_runlog import domain_expert_nmi
 from sb_data import DomainLabelError
 from sb_data.domains import side_file_path
 from sb_data.shards import find_shards
-from sb_model import GPT, RoutingTrace
+from sb_model import GPT
 from sb_train.config import ConfigError
 from sb_train.data_setup import validation_loader
 
@@ -91,11 +91,8 @@ class DomainRouting:
         counts: torch.Tensor | None = None  # (domains, layers, experts)
         layers: list[int] = []
         for inputs, labels in self.batches:
-            trace = RoutingTrace()
-            tokens = inputs[None]
-            masks, flags = model.attention_masks(tokens), model.router_flags(tokens)
-            with autocast():  # the blocks only: the routing is all we read, so the LM head is skipped
-                model.run_blocks(tokens, masks, flags, trace=trace)
+            with autocast():
+                trace = model.trace_routing(inputs[None])
             layers = trace.layer_indices()
             per_domain = torch.stack([
                 trace.expert_counts(self.num_experts, (labels == d)[None]) for d in range(len(self.names))

@@ -25,11 +25,9 @@ from sb_model import GPT, RoutingTrace
 
 @torch.no_grad()
 def trace_tokens(model: GPT, ids: Sequence[int]) -> RoutingTrace:
-    """The routing of one token sequence: a forward (SDPA masks, any length) that records every bank layer."""
-    trace = RoutingTrace()
+    """The routing of one token sequence (SDPA masks, any length), every bank layer recorded."""
     tokens = torch.tensor([list(ids)], dtype=torch.long, device=model.embed.weight.device)
-    model(tokens, attention="sdpa", routing_trace=trace)
-    return trace
+    return model.trace_routing(tokens, attention="sdpa")
 
 
 def routing_json(
